@@ -1,0 +1,103 @@
+// The system-call surface the whole library stands on. Everything that talks
+// to the kernel goes through one `Sys` object, so that tests can hand the
+// library a fake kernel (test/fake) and the real one (./koffi-sys.ts) stays the
+// only module that imports koffi.
+//
+// Guarantees (every implementation, real or fake):
+// - A failing call throws a VfioError with `syscall`, `errno`, `code` (and
+//   `path` for path-taking calls). Nothing returns -1.
+// - Memory is named by BigInt addresses. The only way to touch it from JS is
+//   `view()`, which returns a Uint8Array over the very same bytes (no copy).
+//   A view is valid until the mapping under it is unmapped; the library must
+//   never touch a view after `munmap` (the real kernel answers with SIGSEGV,
+//   which no try/catch can catch), so every view is wrapped in a guard
+//   (see lib/region.ts / lib/dma.ts) that checks liveness first.
+
+/** open(2) flags used by the library (Linux x86-64/arm64 values). */
+export const O_RDONLY = 0o0;
+export const O_WRONLY = 0o1;
+export const O_RDWR = 0o2;
+export const O_CLOEXEC = 0o2000000;
+export const O_NONBLOCK = 0o4000;
+
+export const PROT_NONE = 0;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_POPULATE = 0x8000;
+export const MAP_HUGETLB = 0x40000;
+export const MAP_HUGE_SHIFT = 26;
+
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_SEMAPHORE = 1;
+
+export const MFD_CLOEXEC = 1;
+export const MFD_HUGETLB = 4;
+
+export const POLLIN = 0x001;
+export const POLLPRI = 0x002;
+export const POLLOUT = 0x004;
+export const POLLERR = 0x008;
+export const POLLHUP = 0x010;
+export const POLLNVAL = 0x020;
+
+/** A file descriptor. 0 is a valid fd: "no fd" is always -1 or null, never 0. */
+export type Fd = number;
+
+export interface PollFd {
+  fd: Fd;
+  events: number;
+}
+
+export interface Sys {
+  /** open(2). `mode` defaults to 0. */
+  open(path: string, flags: number, mode?: number): Fd;
+  /** close(2). Never retried on EINTR (Linux has already closed the fd). */
+  close(fd: Fd): void;
+
+  /**
+   * ioctl(2), pointer form: `arg`'s bytes are what the kernel reads and writes.
+   * The caller keeps `arg` alive for the call (it is synchronous). Returns the
+   * (non-negative) return value.
+   */
+  ioctl(fd: Fd, request: number, arg: Uint8Array): number;
+  /** ioctl(2), integer form (e.g. VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU). */
+  ioctlInt(fd: Fd, request: number, arg: number | bigint): number;
+
+  /** mmap(2); returns the address. `fd` is -1 for anonymous memory. */
+  mmap(length: number, prot: number, flags: number, fd: Fd, offset: bigint): bigint;
+  munmap(addr: bigint, length: number): void;
+  mlock(addr: bigint, length: number): void;
+  munlock(addr: bigint, length: number): void;
+  /**
+   * A Uint8Array over `length` bytes at `addr` (no copy). Valid only while the
+   * mapping under it is alive: the caller owns that guarantee.
+   */
+  view(addr: bigint, length: number): Uint8Array;
+
+  read(fd: Fd, buf: Uint8Array): number;
+  write(fd: Fd, buf: Uint8Array): number;
+  pread(fd: Fd, buf: Uint8Array, offset: bigint): number;
+  pwrite(fd: Fd, buf: Uint8Array, offset: bigint): number;
+  ftruncate(fd: Fd, length: bigint): void;
+
+  eventfd(initval: number, flags: number): Fd;
+  memfdCreate(name: string, flags: number): Fd;
+
+  /** poll(2): returns each fd's revents, in order. A timeout returns all zeros. */
+  poll(fds: readonly PollFd[], timeoutMs: number): number[];
+  /**
+   * poll(2) on a worker thread (it does not block the event loop). Holds one of
+   * libuv's pool threads while it waits: callers multiplex every fd into one
+   * call and add a stop eventfd to end it.
+   */
+  pollAsync(fds: readonly PollFd[], timeoutMs: number): Promise<number[]>;
+
+  /** sysconf(_SC_PAGESIZE). */
+  pageSize(): number;
+  getuid(): number;
+}

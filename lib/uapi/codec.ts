@@ -1,0 +1,388 @@
+// Reads and writes C structs (as laid out by the kernel's uapi headers) in
+// plain byte buffers. The layouts come from the generated modules next to
+// this file (./vfio.ts, ./iommufd.ts); this module knows nothing about VFIO
+// except the shape of a capability-chain header.
+//
+// Guarantees:
+// - Little-endian, at any byteOffset of any Uint8Array (not only Buffer).
+// - Every access is bounds-checked against the buffer: reading or writing
+//   past its end throws a RangeError before any byte is touched.
+// - Writing a value that does not fit the field (a negative number into an
+//   unsigned field, 2**33 into a u32, a fraction, NaN) throws a RangeError
+//   naming the struct and field; nothing is written for that call. RangeError
+//   (not VfioError) because it is a programming error in the caller, not a
+//   kernel answer. A number is accepted for a 64-bit field and converted; a
+//   bigint is accepted for a narrower field if it fits.
+// - `capabilities()` walks a kernel-supplied chain, so it trusts nothing: a
+//   `next` that points backwards, at itself, or outside the buffer throws a
+//   RangeError instead of looping or reading out of bounds.
+// - Flexible array members (`x[]`) are not part of `size`; `read` omits them
+//   and callers reach them with `elementOffset`.
+
+export type Scalar = 'u8' | 'u16' | 'u32' | 'u64' | 's8' | 's16' | 's32' | 's64';
+
+export interface Field {
+  readonly offset: number;
+  readonly type: Scalar | StructLayout;
+  /** Element count of a fixed array (`x[N]`). */
+  readonly count?: number;
+  /** A flexible array member (`x[]`): zero-size, past the end of the struct. */
+  readonly flexible?: true;
+}
+
+export interface StructLayout {
+  readonly name: string;
+  readonly union: boolean;
+  readonly size: number;
+  readonly align: number;
+  readonly fields: Readonly<Record<string, Field>>;
+}
+
+type ScalarValue<T extends Scalar> = T extends 'u64' | 's64' ? bigint : number;
+type ElementValue<T> = T extends Scalar ? ScalarValue<T> : T extends StructLayout ? Values<T> : never;
+type ElementPartial<T> = T extends Scalar
+  ? number | bigint
+  : T extends StructLayout
+    ? PartialValues<T>
+    : never;
+
+/** Names of the fields that `read` returns (all but flexible arrays). */
+type FixedKeys<L extends StructLayout> = {
+  [K in keyof L['fields']]: L['fields'][K] extends { readonly flexible: true } ? never : K;
+}[keyof L['fields']];
+
+/** The decoded form of a struct: u64/s64 are bigint, other scalars number. */
+export type Values<L extends StructLayout> = {
+  -readonly [K in FixedKeys<L>]: L['fields'][K] extends { readonly count: number }
+    ? ElementValue<L['fields'][K]['type']>[]
+    : ElementValue<L['fields'][K]['type']>;
+};
+
+/** What `write`/`alloc` accept: every field optional, at every depth. */
+export type PartialValues<L extends StructLayout> = {
+  [K in FixedKeys<L>]?: L['fields'][K] extends { readonly count: number }
+    ? readonly ElementPartial<L['fields'][K]['type']>[]
+    : ElementPartial<L['fields'][K]['type']>;
+};
+
+/** Names of the scalar (non-array, non-struct) fields: what `get`/`set` take. */
+export type ScalarField<L extends StructLayout> = {
+  [K in keyof L['fields'] & string]: L['fields'][K] extends { readonly count: number }
+    ? never
+    : L['fields'][K] extends { readonly flexible: true }
+      ? never
+      : L['fields'][K]['type'] extends Scalar
+        ? K
+        : never;
+}[keyof L['fields'] & string];
+
+/** Names of the array fields (fixed or flexible): what `elementOffset` takes. */
+export type ArrayField<L extends StructLayout> = {
+  [K in keyof L['fields'] & string]: L['fields'][K] extends { readonly count: number }
+    ? K
+    : L['fields'][K] extends { readonly flexible: true }
+      ? K
+      : never;
+}[keyof L['fields'] & string];
+
+type FieldValue<L extends StructLayout, K extends keyof L['fields']> = L['fields'][K]['type'] extends Scalar
+  ? ScalarValue<L['fields'][K]['type']>
+  : never;
+
+interface ScalarInfo {
+  readonly bytes: number;
+  readonly signed: boolean;
+}
+
+const SCALARS: Readonly<Record<Scalar, ScalarInfo>> = {
+  u8: { bytes: 1, signed: false },
+  u16: { bytes: 2, signed: false },
+  u32: { bytes: 4, signed: false },
+  u64: { bytes: 8, signed: false },
+  s8: { bytes: 1, signed: true },
+  s16: { bytes: 2, signed: true },
+  s32: { bytes: 4, signed: true },
+  s64: { bytes: 8, signed: true },
+};
+
+/** Size in bytes of one element of a field (scalar width or struct size). */
+function elementSize(type: Scalar | StructLayout): number {
+  return typeof type === 'string' ? SCALARS[type].bytes : type.size;
+}
+
+/**
+ * A DataView over exactly `buf`'s bytes. The view shares memory with `buf`
+ * (no copy), so it is valid exactly as long as `buf` is.
+ */
+function dataView(buf: Uint8Array): DataView {
+  return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+function checkBounds(buf: Uint8Array, offset: number, length: number, what: string): void {
+  if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > buf.byteLength) {
+    throw new RangeError(`${what}: bytes [${offset}, ${offset + length}) are outside the ${buf.byteLength}-byte buffer`);
+  }
+}
+
+function fieldOf(layout: StructLayout, name: string): Field {
+  const f = Object.hasOwn(layout.fields, name) ? layout.fields[name] : undefined;
+  if (f === undefined) throw new RangeError(`${layout.name} has no field ${name}`);
+  return f;
+}
+
+/** Converts and range-checks `value` for a scalar; returns the bigint to store. */
+function toScalar(type: Scalar, value: number | bigint, what: string): bigint {
+  let v: bigint;
+  if (typeof value === 'bigint') v = value;
+  else if (typeof value === 'number' && Number.isSafeInteger(value)) v = BigInt(value);
+  else throw new RangeError(`${what}: ${String(value)} is not an integer (${type})`);
+  const { bytes, signed } = SCALARS[type];
+  const bits = BigInt(bytes * 8);
+  const min = signed ? -(1n << (bits - 1n)) : 0n;
+  const max = signed ? (1n << (bits - 1n)) - 1n : (1n << bits) - 1n;
+  if (v < min || v > max) throw new RangeError(`${what}: ${String(value)} does not fit ${type} [${min}, ${max}]`);
+  return v;
+}
+
+function readScalar(dv: DataView, type: Scalar, at: number): number | bigint {
+  switch (type) {
+    case 'u8':
+      return dv.getUint8(at);
+    case 's8':
+      return dv.getInt8(at);
+    case 'u16':
+      return dv.getUint16(at, true);
+    case 's16':
+      return dv.getInt16(at, true);
+    case 'u32':
+      return dv.getUint32(at, true);
+    case 's32':
+      return dv.getInt32(at, true);
+    case 'u64':
+      return dv.getBigUint64(at, true);
+    case 's64':
+      return dv.getBigInt64(at, true);
+  }
+}
+
+function writeScalar(dv: DataView, type: Scalar, at: number, v: bigint): void {
+  switch (type) {
+    case 'u8':
+    case 's8':
+      return dv.setUint8(at, Number(BigInt.asUintN(8, v)));
+    case 'u16':
+    case 's16':
+      return dv.setUint16(at, Number(BigInt.asUintN(16, v)), true);
+    case 'u32':
+    case 's32':
+      return dv.setUint32(at, Number(BigInt.asUintN(32, v)), true);
+    case 'u64':
+    case 's64':
+      return dv.setBigUint64(at, BigInt.asUintN(64, v), true);
+  }
+}
+
+/** One pending store: validation happens for all of them before any is done. */
+interface Store {
+  readonly type: Scalar;
+  readonly at: number;
+  readonly value: bigint;
+}
+
+function plan(layout: StructLayout, values: object, base: number, path: string, out: Store[]): void {
+  for (const [name, value] of Object.entries(values)) {
+    if (value === undefined) continue;
+    const f = fieldOf(layout, name);
+    const what = `${path}.${name}`;
+    if (f.flexible) throw new RangeError(`${what} is a flexible array: write it through elementOffset`);
+    const at = base + f.offset;
+    if (f.count !== undefined) {
+      if (!Array.isArray(value)) throw new RangeError(`${what}: expected an array of at most ${f.count}`);
+      if (value.length > f.count) throw new RangeError(`${what}: ${value.length} elements do not fit ${f.count}`);
+      const step = elementSize(f.type);
+      value.forEach((el: unknown, i: number) => {
+        if (el !== undefined) planOne(f.type, el, at + i * step, `${what}[${i}]`, out);
+      });
+    } else {
+      planOne(f.type, value, at, what, out);
+    }
+  }
+}
+
+function planOne(type: Scalar | StructLayout, value: unknown, at: number, what: string, out: Store[]): void {
+  if (typeof type === 'string') {
+    if (typeof value !== 'number' && typeof value !== 'bigint') {
+      throw new RangeError(`${what}: expected a number or bigint (${type})`);
+    }
+    out.push({ type, at, value: toScalar(type, value, what) });
+  } else {
+    if (typeof value !== 'object' || value === null) throw new RangeError(`${what}: expected an object (${type.name})`);
+    plan(type, value, at, what, out);
+  }
+}
+
+/**
+ * Writes `values` into `buf` at `offset` (default 0). Fields not named are
+ * left as they are. All values are checked before any byte is written.
+ */
+export function write<L extends StructLayout>(layout: L, buf: Uint8Array, values: PartialValues<L>, offset = 0): void {
+  checkBounds(buf, offset, layout.size, layout.name);
+  const stores: Store[] = [];
+  plan(layout, values, offset, layout.name, stores);
+  const dv = dataView(buf);
+  for (const s of stores) writeScalar(dv, s.type, s.at, s.value);
+}
+
+/**
+ * A zeroed Buffer of `layout.size + extra` bytes with `values` written.
+ * `extra` leaves room for a flexible array or a kernel-filled tail.
+ */
+export function alloc<L extends StructLayout>(layout: L, values?: PartialValues<L>, extra = 0): Buffer {
+  if (!Number.isSafeInteger(extra) || extra < 0) throw new RangeError(`${layout.name}: extra ${extra} is not a byte count`);
+  const buf = Buffer.alloc(layout.size + extra);
+  if (values !== undefined) write(layout, buf, values, 0);
+  return buf;
+}
+
+function readOne(dv: DataView, type: Scalar | StructLayout, at: number): unknown {
+  return typeof type === 'string' ? readScalar(dv, type, at) : readAt(dv, type, at);
+}
+
+function readAt(dv: DataView, layout: StructLayout, base: number): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [name, f] of Object.entries(layout.fields)) {
+    if (f.flexible) continue;
+    const at = base + f.offset;
+    if (f.count !== undefined) {
+      const step = elementSize(f.type);
+      const arr: unknown[] = [];
+      for (let i = 0; i < f.count; i++) arr.push(readOne(dv, f.type, at + i * step));
+      out[name] = arr;
+    } else {
+      out[name] = readOne(dv, f.type, at);
+    }
+  }
+  return out;
+}
+
+/** Decodes the struct at `offset` (default 0). Flexible arrays are omitted. */
+export function read<L extends StructLayout>(layout: L, buf: Uint8Array, offset = 0): Values<L> {
+  checkBounds(buf, offset, layout.size, layout.name);
+  return readAt(dataView(buf), layout, offset) as Values<L>;
+}
+
+function scalarField(layout: StructLayout, field: string): { readonly offset: number; readonly type: Scalar } {
+  const f = fieldOf(layout, field);
+  if (typeof f.type !== 'string' || f.count !== undefined || f.flexible) {
+    throw new RangeError(`${layout.name}.${field} is not a scalar field`);
+  }
+  return { offset: f.offset, type: f.type };
+}
+
+/** The untyped core of `get`, for callers that hold a plain StructLayout. */
+function getScalar(layout: StructLayout, buf: Uint8Array, field: string, offset: number): number | bigint {
+  const f = scalarField(layout, field);
+  const at = offset + f.offset;
+  checkBounds(buf, at, SCALARS[f.type].bytes, `${layout.name}.${field}`);
+  return readScalar(dataView(buf), f.type, at);
+}
+
+/** Reads one scalar field: bigint for u64/s64, number otherwise. */
+export function get<L extends StructLayout, K extends ScalarField<L>>(
+  layout: L,
+  buf: Uint8Array,
+  field: K,
+  offset = 0,
+): FieldValue<L, K> {
+  return getScalar(layout, buf, field, offset) as FieldValue<L, K>;
+}
+
+/** Writes one scalar field (range-checked like `write`). */
+export function set<L extends StructLayout>(
+  layout: L,
+  buf: Uint8Array,
+  field: ScalarField<L>,
+  value: number | bigint,
+  offset = 0,
+): void {
+  const f = scalarField(layout, field);
+  const at = offset + f.offset;
+  const what = `${layout.name}.${field}`;
+  checkBounds(buf, at, SCALARS[f.type].bytes, what);
+  writeScalar(dataView(buf), f.type, at, toScalar(f.type, value, what));
+}
+
+/**
+ * Offset (from the start of the struct) of element `index` of an array or
+ * flexible-array field. For a fixed array the index must be below its count;
+ * a flexible array has no bound here: the caller checks it against the
+ * buffer it allocated (or against the count the kernel returned).
+ */
+export function elementOffset<L extends StructLayout>(layout: L, field: ArrayField<L>, index: number): number {
+  const f = fieldOf(layout, field);
+  if (f.count === undefined && !f.flexible) throw new RangeError(`${layout.name}.${field} is not an array`);
+  const limit = f.count ?? Number.MAX_SAFE_INTEGER;
+  if (!Number.isSafeInteger(index) || index < 0 || index >= limit) {
+    throw new RangeError(`${layout.name}.${field}[${index}]: index out of range`);
+  }
+  return f.offset + index * elementSize(f.type);
+}
+
+/**
+ * The layout of `struct vfio_info_cap_header` (id u16, version u16, next
+ * u32). Written here rather than imported from ./vfio.ts so that the codec
+ * does not depend on generated code; test/uapi-codec.test.ts checks that the
+ * two agree.
+ */
+export const vfioInfoCapHeader = {
+  name: 'vfio_info_cap_header',
+  union: false,
+  size: 8,
+  align: 4,
+  fields: {
+    id: { offset: 0, type: 'u16' },
+    version: { offset: 2, type: 'u16' },
+    next: { offset: 4, type: 'u32' },
+  },
+} as const satisfies StructLayout;
+
+/** A header layout that `capabilities` can walk: id, version, next. */
+export type CapHeaderLayout = StructLayout & {
+  readonly fields: {
+    readonly id: Field & { readonly type: Scalar };
+    readonly version: Field & { readonly type: Scalar };
+    readonly next: Field & { readonly type: Scalar };
+  };
+};
+
+/**
+ * Walks a VFIO capability chain: `firstOffset` is the offset of the first
+ * header in `buf` (the `cap_offset` the kernel returned; 0 means "no
+ * capabilities" and yields nothing). Each header's `next` is an offset from
+ * the start of `buf`, 0 ends the chain.
+ *
+ * Because the offsets come from the kernel (or a fake of it), every hop is
+ * checked: the header must lie inside `buf`, and each `next` must point
+ * strictly forward past the current header. Forward-only makes a loop
+ * impossible, so the walk ends after at most buf.length / header.size steps.
+ */
+export function* capabilities(
+  buf: Uint8Array,
+  firstOffset: number,
+  header: CapHeaderLayout = vfioInfoCapHeader,
+): Generator<{ id: number; version: number; offset: number }> {
+  let at = firstOffset;
+  let floor = 0;
+  while (at !== 0) {
+    if (!Number.isSafeInteger(at) || at < floor) {
+      throw new RangeError(`capability chain: offset ${at} points backwards (must be >= ${floor})`);
+    }
+    checkBounds(buf, at, header.size, `capability chain: header at ${at}`);
+    const id = Number(getScalar(header, buf, 'id', at));
+    const version = Number(getScalar(header, buf, 'version', at));
+    const next = Number(getScalar(header, buf, 'next', at));
+    yield { id, version, offset: at };
+    floor = at + header.size;
+    at = next;
+  }
+}
