@@ -65,8 +65,14 @@ export type PartialValues<L extends StructLayout> = {
     : ElementPartial<L['fields'][K]['type']>;
 };
 
-/** Names of the scalar (non-array, non-struct) fields: what `get`/`set` take. */
-export type ScalarField<L extends StructLayout> = {
+/** True when L is the wide `StructLayout` type rather than a generated layout. */
+type IsWide<L extends StructLayout> = string extends keyof L['fields'] ? true : false;
+
+/**
+ * Names of the scalar (non-array, non-struct) fields: what `get`/`set` take.
+ * For a layout typed only as `StructLayout`, any string (checked at runtime).
+ */
+export type ScalarField<L extends StructLayout> = IsWide<L> extends true ? string : {
   [K in keyof L['fields'] & string]: L['fields'][K] extends { readonly count: number }
     ? never
     : L['fields'][K] extends { readonly flexible: true }
@@ -77,7 +83,7 @@ export type ScalarField<L extends StructLayout> = {
 }[keyof L['fields'] & string];
 
 /** Names of the array fields (fixed or flexible): what `elementOffset` takes. */
-export type ArrayField<L extends StructLayout> = {
+export type ArrayField<L extends StructLayout> = IsWide<L> extends true ? string : {
   [K in keyof L['fields'] & string]: L['fields'][K] extends { readonly count: number }
     ? K
     : L['fields'][K] extends { readonly flexible: true }
@@ -85,8 +91,11 @@ export type ArrayField<L extends StructLayout> = {
       : never;
 }[keyof L['fields'] & string];
 
-type FieldValue<L extends StructLayout, K extends keyof L['fields']> = L['fields'][K]['type'] extends Scalar
-  ? ScalarValue<L['fields'][K]['type']>
+// Distributes over a union of types, so a wide layout gives `number | bigint`.
+type FieldValue<L extends StructLayout, K extends keyof L['fields']> = L['fields'][K]['type'] extends infer T
+  ? T extends Scalar
+    ? ScalarValue<T>
+    : never
   : never;
 
 interface ScalarInfo {
