@@ -6,6 +6,10 @@ t.test('errno names and numbers agree with Node', async (t) => {
   t.equal(errnoName(19), 'ENODEV');
   t.equal(errnoName(16), 'EBUSY');
   t.equal(errnoName(99999), 'E99999', 'unknown errno keeps its number');
+  t.equal(errnoName(95), 'ENOTSUP', 'EOPNOTSUPP reads as Node names it');
+  t.equal(errnoName(35), 'EDEADLK', 'libuv lacks it; os.constants has it');
+  t.equal(errnoName(77), 'EBADFD', 'Linux-only');
+  t.equal(errnoOf('EBADFD'), 77);
   t.throws(() => errnoOf('ENOTANERRNO'), TypeError);
 });
 

@@ -23,18 +23,27 @@ export interface VfioErrorInit {
   cause?: unknown;
 }
 
+/**
+ * Linux errnos that neither libuv nor os.constants.errno names (VFIO and
+ * IOMMUFD do return them).
+ */
+const LINUX_ONLY: Readonly<Record<string, number>> = { EBADFD: 77, ENOTSUPP: 524 };
+
 /** Positive errno number for a symbolic name (`'EINVAL'` → 22). */
 export function errnoOf(code: string): number {
-  const n = (constants.errno as Record<string, number | undefined>)[code];
+  const n = (constants.errno as Record<string, number | undefined>)[code] ?? LINUX_ONLY[code];
   if (n === undefined) throw new TypeError(`unknown errno name ${code}`);
   return n;
 }
 
-/** Symbolic name for a positive errno (22 → `'EINVAL'`). */
+/** Symbolic name for a positive errno (22 → `'EINVAL'`, 95 → `'ENOTSUP'`, as Node names them). */
 export function errnoName(errno: number): string {
-  // Node answers "Unknown system error -N" for numbers libuv has no name for.
+  // libuv's name first, so codes match what Node's own errors say; it answers
+  // "Unknown system error -N" for the few it lacks (EDEADLK, EBADFD, ...).
   const name = getSystemErrorName(-errno);
-  return name.startsWith('E') ? name : `E${errno}`;
+  if (name.startsWith('E')) return name;
+  const known = Object.entries({ ...constants.errno, ...LINUX_ONLY }).find(([, n]) => n === errno);
+  return known?.[0] ?? `E${errno}`;
 }
 
 export class VfioError extends Error {

@@ -1,0 +1,383 @@
+// A live fake PCI device: its BARs (real memory), config space, interrupts,
+// optional behavioural model, and what vfio-pci does with it (vfio_pci_core.c
+// and vfio_pci_rdwr.c): region info, region read/write, region mmap, enable
+// on first open, disable on last close, function reset.
+import {
+  vfio_region_info_cap_sparse_mmap,
+  vfio_region_info_cap_type,
+  vfio_region_sparse_mmap_area,
+  vfio_info_cap_header,
+  VFIO_PCI_BAR5_REGION_INDEX,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+  VFIO_PCI_MSI_IRQ_INDEX,
+  VFIO_PCI_NUM_REGIONS,
+  VFIO_PCI_ROM_REGION_INDEX,
+  VFIO_PCI_VGA_REGION_INDEX,
+  VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
+  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+  VFIO_REGION_INFO_CAP_TYPE,
+  VFIO_REGION_INFO_FLAG_MMAP,
+  VFIO_REGION_INFO_FLAG_READ,
+  VFIO_REGION_INFO_FLAG_WRITE,
+} from '../../lib/uapi/vfio.js';
+import { write } from '../../lib/uapi/codec.js';
+import { CapChain } from './caps.js';
+import { ConfigSpace, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type BarLayout } from './config-space.js';
+import type { KernelCore } from './core.js';
+import type { DeviceContext, DeviceModel, IrqKind } from './device-model.js';
+import { fail } from './errors.js';
+import type { EventFdFile } from './eventfd.js';
+import type { MmapRequest, MmapTarget } from './files.js';
+import { IrqState } from './irqs.js';
+import { Backing, PAGE_SIZE } from './memory.js';
+import type { PciDeviceDescription } from './pci-spec.js';
+
+/** VFIO_PCI_OFFSET_SHIFT: a region's offset in the device fd is its index << 40. */
+export const REGION_SHIFT = 40n;
+const POS_MASK = (1n << REGION_SHIFT) - 1n;
+
+/** Device-visible memory: the IOMMU's translation for this device, or physical memory (no-IOMMU). */
+export interface DmaSpace {
+  read(iova: bigint, length: number): Uint8Array;
+  write(iova: bigint, bytes: Uint8Array): void;
+}
+
+/** What the device needs from the rest of the fake kernel. */
+export interface DeviceHost extends KernelCore {
+  /** Where the device's DMA lands now, or why it is blocked. */
+  dmaSpaceOf(dev: FakePciDevice): DmaSpace | string;
+  /** eventfd_ctx_fdget() on the process's fd table. */
+  eventfdOf(fd: number): EventFdFile;
+}
+
+export interface RegionInfo {
+  readonly size: bigint;
+  readonly flags: number;
+  readonly caps: CapChain;
+}
+
+interface Bar {
+  readonly layout: BarLayout;
+  readonly backing: Backing;
+  readonly mmap: boolean;
+  readonly read: boolean;
+  readonly write: boolean;
+  readonly sparse: readonly { readonly offset: number; readonly size: number }[] | undefined;
+  readonly init: ((bytes: Uint8Array) => void) | undefined;
+}
+
+export class FakePciDevice implements DeviceContext {
+  readonly config: ConfigSpace;
+  readonly irqs: IrqState;
+  private readonly bars = new Map<number, Bar>();
+  private readonly rom: Backing | null;
+  private readonly regions: { spec: PciDeviceDescription['regions'][number]; backing: Backing }[];
+  private readonly model: DeviceModel | null;
+  /** vfio_device->open_count. */
+  openCount = 0;
+  /** vfio_device->cdev_opened: bound through its cdev (BIND_IOMMUFD). */
+  cdevOpened = false;
+  /** vdev->reset_works, decided when the device is enabled. */
+  resetWorks = false;
+  /** How many times the device was reset (function, hot, or on open/close). */
+  resets = 0;
+
+  constructor(
+    readonly desc: PciDeviceDescription,
+    private readonly host: DeviceHost,
+    busAddress: (size: number, type: BarLayout['type']) => bigint,
+    /** The vfio device index (vfioN), or null when no VFIO driver is bound. */
+    readonly vfioIndex: number | null,
+  ) {
+    const layouts: BarLayout[] = [];
+    for (const b of desc.bars) {
+      const layout: BarLayout = { index: b.index, size: b.size, type: b.type, prefetchable: b.prefetchable, busAddress: busAddress(b.size, b.type) };
+      layouts.push(layout);
+      const length = Math.max(b.size, PAGE_SIZE);
+      const backing = new Backing('device', length, host.phys, 0, layout.busAddress);
+      this.bars.set(b.index, { layout, backing, mmap: b.mmap, read: b.read, write: b.write, sparse: b.sparse, init: b.init });
+    }
+    this.rom = desc.rom === null ? null : new Backing('device', desc.rom!.size, host.phys, 0, busAddress(desc.rom!.size, 'mem32'));
+    if (this.rom !== null) desc.rom!.init?.(new Uint8Array(this.rom.buffer));
+    this.regions = desc.regions.map((spec) => {
+      const backing = new Backing('device', Math.max(spec.size, PAGE_SIZE), host.phys, 0, busAddress(Math.max(spec.size, PAGE_SIZE), 'mem64'));
+      spec.init?.(new Uint8Array(backing.buffer, 0, spec.size));
+      return { spec, backing };
+    });
+    this.config = new ConfigSpace(desc, layouts, this.rom === null ? null : this.rom.busAddress);
+    const self = this; // the IRQ host's getters read live device state
+    this.irqs = new IrqState({
+      eventfd: (fd) => host.eventfdOf(fd),
+      isPcie: this.config.isPcie,
+      dynamicMsix: desc.dynamicMsix,
+      get busMaster() {
+        return self.config.busMaster;
+      },
+      get intxDisabled() {
+        return (self.config.command & PCI_COMMAND_INTX_DISABLE) !== 0;
+      },
+      msixMasked: (v) => this.msixMasked(v),
+      log: (line) => this.log(line),
+    });
+    this.model = desc.model?.() ?? null;
+    this.initBars();
+  }
+
+  get address(): string {
+    return this.desc.address;
+  }
+
+  log(line: string): void {
+    this.host.dmesg(`${this.address}: ${line}`);
+  }
+
+  /** Number of regions: the nine vfio-pci ones plus device-specific ones. */
+  get numRegions(): number {
+    return VFIO_PCI_NUM_REGIONS + this.regions.length;
+  }
+
+  private initBars(): void {
+    for (const b of this.bars.values()) {
+      const bytes = new Uint8Array(b.backing.buffer);
+      bytes.fill(0);
+      b.init?.(bytes.subarray(0, b.layout.size));
+    }
+    this.model?.reset(this);
+  }
+
+  // ---- DeviceContext (what a model sees) ----
+
+  bar(index: number): Uint8Array {
+    const b = this.bars.get(index);
+    if (b === undefined) throw new RangeError(`${this.address} has no BAR ${index}`);
+    return new Uint8Array(b.backing.buffer, 0, b.layout.size);
+  }
+
+  get msiEnabled(): boolean {
+    return this.irqs.type === VFIO_PCI_MSI_IRQ_INDEX;
+  }
+
+  get msixEnabled(): boolean {
+    return this.irqs.type === VFIO_PCI_MSIX_IRQ_INDEX;
+  }
+
+  get busMaster(): boolean {
+    return this.config.busMaster;
+  }
+
+  raise(kind: IrqKind, vector = 0): boolean {
+    switch (kind) {
+      case 'intx':
+        return this.irqs.raiseIntx(true);
+      case 'msi':
+        return this.irqs.raiseMsi(VFIO_PCI_MSI_IRQ_INDEX, vector);
+      case 'msix':
+        return this.irqs.raiseMsi(VFIO_PCI_MSIX_IRQ_INDEX, vector);
+      case 'err':
+      case 'req':
+        return this.irqs.raiseSlot(kind);
+    }
+  }
+
+  /** An INTx edge (assert and release), as a test raises it. */
+  pulseIntx(): boolean {
+    return this.irqs.raiseIntx(false);
+  }
+
+  lowerIntx(): void {
+    this.irqs.lowerIntx();
+  }
+
+  private dmaSpace(): DmaSpace {
+    if (!this.config.busMaster) fail('EIO', `${this.address}: DMA with bus mastering off (master abort)`);
+    const s = this.host.dmaSpaceOf(this);
+    if (typeof s === 'string') fail('EFAULT', `${this.address}: DMA blocked: ${s}`);
+    return s;
+  }
+
+  private checkMask(iova: bigint, length: number): void {
+    if (this.desc.dmaBits < 64 && iova + BigInt(length) > 1n << BigInt(this.desc.dmaBits)) {
+      fail('EFAULT', `${this.address}: IOVA 0x${iova.toString(16)} is beyond the device's ${this.desc.dmaBits}-bit DMA mask`);
+    }
+  }
+
+  dmaRead(iova: bigint, length: number): Uint8Array {
+    this.checkMask(iova, length);
+    return this.dmaSpace().read(iova, length);
+  }
+
+  dmaWrite(iova: bigint, bytes: Uint8Array): void {
+    this.checkMask(iova, bytes.byteLength);
+    this.dmaSpace().write(iova, bytes);
+  }
+
+  /** Lets the model act on register writes made since the last call. */
+  tick(): void {
+    this.model?.tick(this);
+  }
+
+  private msixMasked(v: number): boolean {
+    const t = this.config.msixTable();
+    const at = this.config.cap(0x11);
+    if (t === null || at === null) return false;
+    if (this.config.bytes[at + 3]! & 0x40) return true; // function mask
+    const b = this.bars.get(t.bar);
+    if (b === undefined) return false;
+    const ctrl = t.offset + v * 16 + 12;
+    return (new DataView(b.backing.buffer).getUint32(ctrl, true) & 1) !== 0;
+  }
+
+  // ---- vfio-pci core ----
+
+  /** vfio_pci_core_enable(): first open. */
+  enable(): void {
+    this.config.restore();
+    this.config.setCommandBits(PCI_COMMAND_MASTER, false);
+    const kinds = [...this.bars.values()].map((b) => b.layout.type);
+    if (kinds.some((t) => t !== 'io') || this.rom !== null) this.config.setCommandBits(PCI_COMMAND_MEMORY, true);
+    if (kinds.includes('io')) this.config.setCommandBits(PCI_COMMAND_IO, true);
+    this.resetWorks = this.desc.reset;
+    if (this.resetWorks) this.functionReset();
+  }
+
+  /** vfio_pci_core_close_device(): last close. */
+  disable(): void {
+    this.irqs.disableAll();
+    if (this.resetWorks) this.functionReset();
+    this.config.restore();
+  }
+
+  /** pci_try_reset_function(): the device's own state resets; config space is saved and restored around it. */
+  functionReset(): void {
+    this.resets++;
+    this.initBars();
+    this.irqs.lowerIntx();
+  }
+
+  regionInfo(index: number): RegionInfo | null {
+    const caps = new CapChain();
+    const RW = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return { size: BigInt(this.config.size), flags: RW, caps };
+    if (index <= VFIO_PCI_BAR5_REGION_INDEX) {
+      const b = this.bars.get(index);
+      if (b === undefined) return { size: 0n, flags: 0, caps };
+      let flags = (b.read ? VFIO_REGION_INFO_FLAG_READ : 0) | (b.write ? VFIO_REGION_INFO_FLAG_WRITE : 0);
+      if (b.mmap) {
+        flags |= VFIO_REGION_INFO_FLAG_MMAP;
+        if (b.sparse !== undefined) {
+          const cap = caps.add(vfio_region_info_cap_sparse_mmap, VFIO_REGION_INFO_CAP_SPARSE_MMAP, 1, { nr_areas: b.sparse.length }, b.sparse.length * vfio_region_sparse_mmap_area.size);
+          b.sparse.forEach((a, i) => {
+            write(vfio_region_sparse_mmap_area, cap, { offset: a.offset, size: a.size }, vfio_region_info_cap_sparse_mmap.size + i * vfio_region_sparse_mmap_area.size);
+          });
+        }
+        if (this.config.msixTable()?.bar === index) caps.add(vfio_info_cap_header, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, {});
+      }
+      return { size: BigInt(b.layout.size), flags, caps };
+    }
+    if (index === VFIO_PCI_ROM_REGION_INDEX) {
+      return this.rom === null ? { size: 0n, flags: 0, caps } : { size: BigInt(this.rom.byteLength), flags: VFIO_REGION_INFO_FLAG_READ, caps };
+    }
+    if (index === VFIO_PCI_VGA_REGION_INDEX) return null; // no VGA: EINVAL
+    const r = this.regions[index - VFIO_PCI_NUM_REGIONS];
+    if (r === undefined) return null;
+    caps.add(vfio_region_info_cap_type, VFIO_REGION_INFO_CAP_TYPE, 1, { type: r.spec.type, subtype: r.spec.subtype });
+    const flags =
+      (r.spec.read ?? true ? VFIO_REGION_INFO_FLAG_READ : 0) |
+      (r.spec.write ?? true ? VFIO_REGION_INFO_FLAG_WRITE : 0) |
+      (r.spec.mmap ?? false ? VFIO_REGION_INFO_FLAG_MMAP : 0);
+    return { size: BigInt(r.spec.size), flags, caps };
+  }
+
+  /** vfio_pci_rw(): read or write at a device-fd offset. Returns the byte count. */
+  rw(offset: bigint, buf: Uint8Array, isWrite: boolean): number {
+    if (buf.byteLength === 0) return 0;
+    const index = Number(offset >> REGION_SHIFT);
+    const pos = offset & POS_MASK;
+    if (index >= this.numRegions) fail('EINVAL', `region ${index} does not exist`);
+    if (index === VFIO_PCI_CONFIG_REGION_INDEX) return this.configRw(pos, buf, isWrite);
+    if (index === VFIO_PCI_ROM_REGION_INDEX) {
+      if (isWrite) fail('EINVAL', 'the ROM region cannot be written');
+      if (this.rom === null) fail('EINVAL', 'the device has no ROM');
+      return this.memRw(this.rom, this.rom.byteLength, pos, buf, false, true, null);
+    }
+    if (index <= VFIO_PCI_BAR5_REGION_INDEX) {
+      const b = this.bars.get(index);
+      if (b === undefined) fail('EINVAL', `BAR ${index} is not implemented`);
+      if (isWrite ? !b.write : !b.read) fail('EINVAL', `BAR ${index} cannot be ${isWrite ? 'written' : 'read'}`);
+      const t = this.config.msixTable();
+      const excl = t !== null && t.bar === index ? t : null;
+      if (!isWrite) this.tick();
+      const n = this.memRw(b.backing, b.layout.size, pos, buf, isWrite, b.layout.type !== 'io', excl);
+      if (isWrite) this.tick();
+      return n;
+    }
+    if (index === VFIO_PCI_VGA_REGION_INDEX) fail('EINVAL', 'the device has no VGA region');
+    const r = this.regions[index - VFIO_PCI_NUM_REGIONS]!;
+    if (isWrite ? !(r.spec.write ?? true) : !(r.spec.read ?? true)) fail('EINVAL', `region ${index} cannot be ${isWrite ? 'written' : 'read'}`);
+    return this.memRw(r.backing, r.spec.size, pos, buf, isWrite, false, null);
+  }
+
+  private configRw(pos: bigint, buf: Uint8Array, isWrite: boolean): number {
+    // vfio_config_do_rw(): an access that does not fit config space is EFAULT.
+    if (pos >= BigInt(this.config.size) || pos + BigInt(buf.byteLength) > BigInt(this.config.size)) {
+      fail('EFAULT', `config access [${pos}, ${pos + BigInt(buf.byteLength)}) outside ${this.config.size} bytes`);
+    }
+    if (isWrite) this.config.write(Number(pos), buf);
+    else buf.set(this.config.read(Number(pos), buf.byteLength));
+    return buf.byteLength;
+  }
+
+  /** vfio_pci_bar_rw() + do_io_rw(): truncated at the end; the MSI-X table reads as ~0 and drops writes. */
+  private memRw(
+    backing: Backing,
+    end: number,
+    pos: bigint,
+    buf: Uint8Array,
+    isWrite: boolean,
+    testMem: boolean,
+    excl: { offset: number; size: number } | null,
+  ): number {
+    if (pos >= BigInt(end)) fail('EINVAL', `offset ${pos} is past the region's ${end} bytes`);
+    if (testMem && !this.config.memoryEnabled) fail('EIO', 'memory decoding is disabled in the command register');
+    const p = Number(pos);
+    const count = Math.min(buf.byteLength, end - p);
+    const mem = new Uint8Array(backing.buffer, p, count);
+    for (let i = 0; i < count; i++) {
+      const inTable = excl !== null && p + i >= excl.offset && p + i < excl.offset + excl.size;
+      if (isWrite) {
+        if (!inTable) mem[i] = buf[i]!;
+      } else buf[i] = inTable ? 0xff : mem[i]!;
+    }
+    return count;
+  }
+
+  /** vfio_pci_core_mmap(). */
+  mmap(req: MmapRequest): MmapTarget {
+    const index = Number(req.offset >> REGION_SHIFT);
+    const start = Number(req.offset & POS_MASK);
+    if (index >= this.numRegions) fail('EINVAL', `region ${index} does not exist`);
+    if (!req.shared) fail('EINVAL', 'device regions must be mapped MAP_SHARED');
+    if (index >= VFIO_PCI_NUM_REGIONS) {
+      const r = this.regions[index - VFIO_PCI_NUM_REGIONS]!;
+      if (!(r.spec.mmap ?? false)) fail('EINVAL', `region ${index} is not mmap-able`);
+      if (start + req.length > Math.max(r.spec.size, PAGE_SIZE)) fail('EINVAL', 'mapping past the end of the region');
+      return { backing: r.backing, offset: start, pfnmap: true, hugeSize: 0 };
+    }
+    if (index >= VFIO_PCI_ROM_REGION_INDEX) fail('EINVAL', `region ${index} (ROM, config, VGA) cannot be mapped`);
+    const b = this.bars.get(index);
+    if (b === undefined || !b.mmap) fail('EINVAL', `BAR ${index} is not mmap-able`);
+    const physLen = Math.ceil(b.layout.size / PAGE_SIZE) * PAGE_SIZE;
+    if (start + req.length > physLen) fail('EINVAL', `mapping [${start}, ${start + req.length}) past BAR ${index}'s ${physLen} bytes`);
+    if (b.sparse !== undefined && !b.sparse.some((a) => start >= a.offset && start + req.length <= a.offset + a.size)) {
+      fail('EINVAL', `mapping [${start}, ${start + req.length}) is not inside one sparse mmap area of BAR ${index}`);
+    }
+    return {
+      backing: b.backing,
+      offset: start,
+      pfnmap: true,
+      hugeSize: 0,
+      accessFault: () => (this.config.memoryEnabled ? null : `${this.address}: memory decoding is off (the access would SIGBUS)`),
+    };
+  }
+}
