@@ -394,7 +394,12 @@ export class FakeKernel implements KernelCore, VfioHost {
     return new Promise<number[]>((resolvePromise) => {
       const offs: (() => void)[] = [];
       let timer: NodeJS.Timeout | undefined;
+      let done = false;
+      // Two signals in one tick queue two checks: only the first may finish
+      // (a second would release the held files twice).
       const finish = (r: number[]): void => {
+        if (done) return;
+        done = true;
         for (const off of offs) off();
         if (timer !== undefined) clearTimeout(timer);
         this.pending.delete(cancel);
