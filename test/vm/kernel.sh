@@ -40,7 +40,7 @@ bad=$(grep -nEv '^(#.*|[[:space:]]*|CONFIG_[A-Z0-9_]+=y)$' "$fragment" || true)
 mapfile -t wanted < <(grep -E '^CONFIG_' "$fragment" | cut -d= -f1)
 
 key=$( { cat "$fragment"; echo "$src_pkg $src_version recipe=$RECIPE"; } | sha256sum | cut -c1-16)
-cache_root=${VFIO_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio/vm}
+cache_root=${VFIO_VM_CACHE:-${XDG_CACHE_HOME:-${HOME:-/var/tmp}/.cache}/vfio/vm}
 dir=$cache_root/$key
 if [[ -f $dir/bzImage ]]; then
   log "cached $dir/bzImage ($src_pkg $src_version)"
@@ -48,8 +48,16 @@ if [[ -f $dir/bzImage ]]; then
   exit 0
 fi
 
-log "no cached kernel for key $key: building $src_pkg $src_version (takes a few minutes)"
 mkdir -p "$dir"
+# One build per key at a time: a second run waits, then finds the bzImage.
+exec 9>"$dir/lock"
+flock 9
+if [[ -f $dir/bzImage ]]; then
+  log "built meanwhile by another run: $dir/bzImage"
+  echo "$dir/bzImage"
+  exit 0
+fi
+log "no cached kernel for key $key: building $src_pkg $src_version (takes a few minutes)"
 build=$dir/build
 rm -rf "$build"
 mkdir -p "$build"
@@ -67,7 +75,7 @@ kmake olddefconfig >>"$dir/config.log" 2>&1 || { cat "$dir/config.log" >&2; die 
 
 dropped=()
 for opt in "${wanted[@]}"; do
-  grep -qx "$opt=y" "$build/.config" || dropped+=("$opt ($(grep -E "^(# )?$opt[ =]" "$build/.config" || echo 'absent: a dependency is missing'))")
+  grep -qx "$opt=y" "$build/.config" || dropped+=("$opt ($(grep -E "^(# )?${opt}[ =]" "$build/.config" || echo 'absent: a dependency is missing'))")
 done
 if ((${#dropped[@]})); then
   printf 'test:vm: kernel: ERROR: not =y after olddefconfig:\n' >&2
