@@ -1,0 +1,296 @@
+// The IOMMUFD container: /dev/iommu with one IOAS (I/O address space), and
+// each device opened through its own cdev node /dev/vfio/devices/vfioN.
+//
+// Kernel rules this follows (drivers/vfio/device_cdev.c,
+// drivers/iommu/iommufd/):
+// - A cdev fd can do nothing but VFIO_DEVICE_BIND_IOMMUFD until it is bound;
+//   closing the fd unbinds it (there is no unbind ioctl).
+// - VFIO_DEVICE_ATTACH_IOMMUFD_PT puts the bound device behind the IOAS;
+//   VFIO_DEVICE_DETACH_IOMMUFD_PT (or the close) takes it out.
+// - The IOAS holds mappings whether or not a device is attached, so this
+//   backend's mappings are live from creation. Its IOVA ranges narrow as
+//   devices attach and widen as they detach: callers re-read them.
+// - IOMMU_IOAS_UNMAP of a range holding no mapping is ENOENT.
+// - Structs grow over kernel versions: every `size`/`argsz` is set to the
+//   size of the layout this module encodes, with the fields it does not use
+//   left zero, which every kernel that knows the ioctl accepts.
+//
+// Guarantees: `open` and `attach` leave nothing open after a failure;
+// `detach` and `close` run every step and throw the first error.
+import { teardown, withUnwind, type Unwind } from '../cleanup.js';
+import { ioctl, openFile } from '../ioctl.js';
+import { closedError, usageError, VfioError } from '../libc/errors.js';
+import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDWR, PROT_READ, PROT_WRITE, type Fd, type Sys } from '../libc/sys.js';
+import type { IovaRange } from '../iova-allocator.js';
+import { iommufdNode, type Roots } from '../paths.js';
+import { groupBlockers, notViableDetail, type PciDeviceDescription } from '../sysfs.js';
+import * as codec from '../uapi/codec.js';
+import {
+  IOMMU_IOAS_MAP_FIXED_IOVA,
+  IOMMU_IOAS_MAP_READABLE,
+  IOMMU_IOAS_MAP_WRITEABLE,
+  iommu_destroy,
+  iommu_ioas_alloc,
+  iommu_ioas_iova_ranges,
+  iommu_ioas_map,
+  iommu_ioas_unmap,
+  iommu_iova_range,
+} from '../uapi/iommufd.js';
+import { vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../uapi/vfio.js';
+import type { AttachedDevice, ContainerBackend, IommuInfo } from './backend.js';
+
+/** A device bound to this iommufd and attached to its IOAS. */
+export interface CdevDevice extends AttachedDevice {
+  /** The device's id inside the iommufd (out_devid of the bind). */
+  readonly devId: number;
+  readonly node: string;
+}
+
+export class CdevBackend implements ContainerBackend {
+  readonly mode = 'cdev' as const;
+  readonly dmaMode = 'iommu' as const;
+  readonly iommuLive = true;
+  /** The iommufd (/dev/iommu); -1 once closed. */
+  iommufd: Fd;
+  /** The container's IOAS. */
+  readonly ioasId: number;
+  /**
+   * One page the kernel writes query results into (IOMMU_IOAS_IOVA_RANGES
+   * takes a user pointer). Mapped by the first query and kept until close(),
+   * so that later queries neither map nor unmap memory; null when not mapped.
+   */
+  private scratch: { addr: bigint; length: number } | null = null;
+
+  private constructor(
+    private readonly sys: Sys,
+    private readonly roots: Roots,
+    private readonly node: string,
+    iommufd: Fd,
+    ioasId: number,
+    private readonly pageSize: number,
+  ) {
+    this.iommufd = iommufd;
+    this.ioasId = ioasId;
+  }
+
+  /**
+   * Opens /dev/iommu and allocates the container's IOAS.
+   * @throws VfioError any errno of open(2) or IOMMU_IOAS_ALLOC; nothing stays open.
+   */
+  static open(sys: Sys, roots: Roots, pageSize: number): CdevBackend {
+    const node = iommufdNode(roots);
+    return withUnwind((u) => {
+      const fd = openFile(sys, node, O_RDWR | O_CLOEXEC);
+      u.defer(() => sys.close(fd));
+      const arg = codec.alloc(iommu_ioas_alloc, { size: iommu_ioas_alloc.size, flags: 0 });
+      ioctl(sys, fd, 'IOMMU_IOAS_ALLOC', arg, { path: node });
+      // No destroy step needed on a later failure: closing the iommufd frees
+      // every object in it.
+      return new CdevBackend(sys, roots, node, fd, codec.get(iommu_ioas_alloc, arg, 'out_ioas_id'), pageSize);
+    });
+  }
+
+  attach(desc: PciDeviceDescription): CdevDevice {
+    const address = desc.address;
+    if (desc.cdevNode === null || desc.iommuGroup === null) {
+      throw usageError('ENODEV', 'the device has no VFIO cdev node', { device: address });
+    }
+    const node = desc.cdevNode;
+    const group = desc.iommuGroup;
+    const sys = this.sys;
+    return withUnwind((u) => {
+      const fd = openFile(sys, node, O_RDWR | O_CLOEXEC, address);
+      // Closing the cdev fd unbinds and detaches: the one undo step needed.
+      u.defer(() => sys.close(fd));
+      const ctx = { path: node, device: address };
+      const bind = codec.alloc(vfio_device_bind_iommufd, {
+        argsz: vfio_device_bind_iommufd.size,
+        flags: 0,
+        iommufd: this.iommufd,
+      });
+      try {
+        ioctl(sys, fd, 'VFIO_DEVICE_BIND_IOMMUFD', bind, ctx);
+      } catch (err) {
+        throw this.explainBindFailure(err, desc);
+      }
+      const attach = codec.alloc(vfio_device_attach_iommufd_pt, {
+        argsz: vfio_device_attach_iommufd_pt.size,
+        flags: 0,
+        pt_id: this.ioasId,
+      });
+      ioctl(sys, fd, 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', attach, ctx);
+      return { address, fd, group, node, devId: codec.get(vfio_device_bind_iommufd, bind, 'out_devid') };
+    });
+  }
+
+  /**
+   * The kernel refuses the bind with EPERM when a driver owns DMA for another
+   * device of the group: say so with the same code and words as group mode's
+   * viability check (EBUSY), keeping the kernel's error as the cause.
+   */
+  private explainBindFailure(err: unknown, desc: PciDeviceDescription): unknown {
+    if (!(err instanceof VfioError) || err.code !== 'EPERM') return err;
+    if (groupBlockers(this.roots, desc).length === 0) return err;
+    return new VfioError({
+      code: 'EBUSY',
+      syscall: 'ioctl',
+      request: 'VFIO_DEVICE_BIND_IOMMUFD',
+      device: desc.address,
+      path: desc.cdevNode ?? undefined,
+      detail: notViableDetail(this.roots, desc),
+      cause: err,
+    });
+  }
+
+  detach(dev: AttachedDevice): void {
+    const node = (dev as CdevDevice).node;
+    const ctx = { path: node, device: dev.address };
+    teardown([
+      () => {
+        const arg = codec.alloc(vfio_device_detach_iommufd_pt, { argsz: vfio_device_detach_iommufd_pt.size, flags: 0 });
+        ioctl(this.sys, dev.fd, 'VFIO_DEVICE_DETACH_IOMMUFD_PT', arg, ctx);
+      },
+      // Unbinds (and detaches, if the ioctl above failed).
+      () => this.sys.close(dev.fd),
+    ]);
+  }
+
+  pruneDropsIommu(): boolean {
+    return false;
+  }
+
+  pruneGroups(): void {
+    // No groups in cdev mode.
+  }
+
+  iommuInfo(device?: string, u?: Unwind): IommuInfo {
+    const ctx = { path: this.node, device };
+    // The kernel writes the ranges through a user pointer, so they need
+    // memory with an address: the backend's result page (256 ranges, far
+    // more than any IOMMU reports), mapped by the first query and kept.
+    // Should the kernel want more (EMSGSIZE), a mapping of the size it asked
+    // for is made for the second try.
+    if (this.iommufd === -1) throw closedError('iommufd container', { path: this.node, device });
+    const first = withUnwind((own) => {
+      if (this.scratch === null) {
+        const addr = this.sys.mmap(this.pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
+        this.scratch = { addr, length: this.pageSize };
+        // A failed query, or a failure of the caller's operation, leaves no
+        // mapping behind.
+        const undo = (): void => {
+          // Once only: the query's own unwind and the caller's may both run.
+          if (this.scratch?.addr !== addr) return;
+          this.sys.munmap(addr, this.pageSize);
+          this.scratch = null;
+        };
+        own.defer(undo);
+        u?.defer(undo);
+      }
+      return this.queryRanges(this.scratch.addr, this.scratch.length, ctx);
+    });
+    if (typeof first !== 'number') return first;
+    const length = Math.ceil((first * iommu_iova_range.size) / this.pageSize) * this.pageSize;
+    const addr = this.sys.mmap(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
+    let again: IommuInfo | number;
+    try {
+      again = this.queryRanges(addr, length, ctx);
+    } finally {
+      // SAFETY: queryRanges copied the ranges out and dropped its view.
+      this.sys.munmap(addr, length);
+    }
+    if (typeof again === 'number') throw usageError('EIO', `IOMMU_IOAS_IOVA_RANGES keeps asking for more room (${again} ranges)`, ctx);
+    return again;
+  }
+
+  /** One IOMMU_IOAS_IOVA_RANGES into [addr, addr + length): the answer, or the range count it wants room for. */
+  private queryRanges(addr: bigint, length: number, ctx: { path: string; device?: string | undefined }): IommuInfo | number {
+    const capacity = Math.floor(length / iommu_iova_range.size);
+    const arg = codec.alloc(iommu_ioas_iova_ranges, {
+      size: iommu_ioas_iova_ranges.size,
+      ioas_id: this.ioasId,
+      num_iovas: capacity,
+      allowed_iovas: addr,
+    });
+    try {
+      ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_IOVA_RANGES', arg, ctx);
+    } catch (err) {
+      const wanted = codec.get(iommu_ioas_iova_ranges, arg, 'num_iovas');
+      if (err instanceof VfioError && err.code === 'EMSGSIZE' && wanted > capacity) return wanted;
+      throw err;
+    }
+    return this.decodeRanges(arg, addr, capacity);
+  }
+
+  private decodeRanges(arg: Buffer, addr: bigint, capacity: number): IommuInfo {
+    const n = codec.get(iommu_ioas_iova_ranges, arg, 'num_iovas');
+    if (n > capacity) throw usageError('EIO', `IOMMU_IOAS_IOVA_RANGES reported ${n} ranges for room of ${capacity}`);
+    const alignment = codec.get(iommu_ioas_iova_ranges, arg, 'out_iova_alignment');
+    // SAFETY: [addr, addr + n * size) lies in the page(s) mapped by the
+    // caller, which unmaps them only after this copy.
+    const bytes = Uint8Array.from(this.sys.view(addr, n * iommu_iova_range.size));
+    const ranges: IovaRange[] = [];
+    for (let i = 0; i < n; i++) {
+      const r = codec.read(iommu_iova_range, bytes, i * iommu_iova_range.size);
+      ranges.push({ start: r.start, last: r.last });
+    }
+    return { ranges, granule: alignment > 0n ? alignment : 1n, pageSizes: null };
+  }
+
+  map(vaddr: bigint, iova: bigint, size: bigint): void {
+    const arg = codec.alloc(iommu_ioas_map, {
+      size: iommu_ioas_map.size,
+      flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+      ioas_id: this.ioasId,
+      user_va: vaddr,
+      length: size,
+      iova,
+    });
+    ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_MAP', arg, { path: this.node });
+  }
+
+  unmap(iova: bigint, size: bigint): void {
+    const arg = codec.alloc(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: this.ioasId, iova, length: size });
+    const mismatch = (unmapped: bigint, cause?: unknown): VfioError =>
+      new VfioError({
+        code: 'EIO',
+        syscall: 'ioctl',
+        request: 'IOMMU_IOAS_UNMAP',
+        path: this.node,
+        detail: `asked to unmap ${size} bytes at IOVA 0x${iova.toString(16)}, the kernel unmapped ${unmapped}`,
+        cause,
+      });
+    try {
+      ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_UNMAP', arg, { path: this.node });
+    } catch (err) {
+      // ENOENT: nothing mapped there. Reported as EIO, like Type1's
+      // short unmap, so that callers see one answer in both modes.
+      if (err instanceof VfioError && err.code === 'ENOENT') throw mismatch(0n, err);
+      throw err;
+    }
+    const unmapped = codec.get(iommu_ioas_unmap, arg, 'length');
+    if (unmapped !== size) throw mismatch(unmapped);
+  }
+
+  close(): void {
+    const fd = this.iommufd;
+    const steps: (() => void)[] = [];
+    if (fd !== -1) {
+      this.iommufd = -1;
+      steps.push(() => {
+        const arg = codec.alloc(iommu_destroy, { size: iommu_destroy.size, id: this.ioasId });
+        ioctl(this.sys, fd, 'IOMMU_DESTROY', arg, { path: this.node });
+      });
+      // Frees whatever the destroy did not.
+      steps.push(() => this.sys.close(fd));
+    }
+    const scratch = this.scratch;
+    if (scratch !== null) {
+      // Kept until munmap succeeds, so that a second close() retries it.
+      steps.push(() => {
+        this.sys.munmap(scratch.addr, scratch.length);
+        this.scratch = null;
+      });
+    }
+    teardown(steps);
+  }
+}

@@ -1,0 +1,283 @@
+// The legacy VFIO container: /dev/vfio/vfio plus one /dev/vfio/<N> per IOMMU
+// group, with the Type1 IOMMU (or, for no-IOMMU groups, the no-IOMMU "type").
+//
+// Kernel rules this follows (drivers/vfio/container.c, group.c):
+// - The API version must be VFIO_API_VERSION and the IOMMU type must be
+//   offered by VFIO_CHECK_EXTENSION; both are checked when the container opens.
+// - A group must be viable (every device in it bound to vfio-pci or to
+//   nothing) before it joins a container.
+// - VFIO_SET_IOMMU needs at least one group in the container, so it runs when
+//   the first group joins, and never again while a group stays. The kernel
+//   refuses VFIO_IOMMU_MAP_DMA before it (EINVAL); the Container never asks.
+// - When the last group leaves, the kernel drops the IOMMU and every mapping
+//   with it; the next group to join sets the IOMMU again.
+// - A device fd comes from its group fd by name; several devices of one group
+//   share that group fd. A group leaves the container (UNSET_CONTAINER, then
+//   close) only when none of its device fds is open: the kernel refuses
+//   UNSET_CONTAINER with EBUSY otherwise.
+//
+// Guarantees: `attach` opens nothing that outlives a failure; `detach`,
+// `pruneGroups` and `close` run every step even when one fails (close(2)
+// releases the fd even when it reports an error) and throw the first error.
+import { teardown, withUnwind, type Unwind } from '../cleanup.js';
+import { ioctl, ioctlInt, openFile } from '../ioctl.js';
+import { usageError, VfioError } from '../libc/errors.js';
+import { O_CLOEXEC, O_RDWR, type Fd, type Sys } from '../libc/sys.js';
+import type { IovaRange } from '../iova-allocator.js';
+import { vfioContainerNode, type Roots } from '../paths.js';
+import { notViableDetail, type PciDeviceDescription } from '../sysfs.js';
+import * as codec from '../uapi/codec.js';
+import {
+  VFIO_API_VERSION,
+  VFIO_DMA_MAP_FLAG_READ,
+  VFIO_DMA_MAP_FLAG_WRITE,
+  VFIO_GROUP_FLAGS_CONTAINER_SET,
+  VFIO_GROUP_FLAGS_VIABLE,
+  VFIO_IOMMU_INFO_CAPS,
+  VFIO_IOMMU_INFO_PGSIZES,
+  VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+  VFIO_NOIOMMU_IOMMU,
+  VFIO_TYPE1_IOMMU,
+  VFIO_TYPE1v2_IOMMU,
+  vfio_group_status,
+  vfio_iommu_type1_dma_map,
+  vfio_iommu_type1_dma_unmap,
+  vfio_iommu_type1_info,
+  vfio_iommu_type1_info_cap_iova_range,
+  vfio_iova_range,
+} from '../uapi/vfio.js';
+import type { AttachedDevice, ContainerBackend, IommuInfo } from './backend.js';
+
+/** One IOMMU group attached to the container. */
+export interface GroupMembership {
+  readonly group: number;
+  /** The group fd (0 is valid). */
+  readonly fd: Fd;
+  readonly node: string;
+  /** Addresses of the devices whose fds are open through this group. */
+  readonly devices: Set<string>;
+}
+
+const TYPE_NAMES: Readonly<Record<number, string>> = {
+  [VFIO_TYPE1_IOMMU]: 'Type1',
+  [VFIO_TYPE1v2_IOMMU]: 'Type1v2',
+  [VFIO_NOIOMMU_IOMMU]: 'no-IOMMU',
+};
+
+export class GroupBackend implements ContainerBackend {
+  readonly dmaMode: 'iommu' | 'identity';
+  /** The container fd (/dev/vfio/vfio); -1 once closed. */
+  containerFd: Fd;
+  /** The IOMMU type VFIO_SET_IOMMU uses when the first group joins. */
+  readonly iommuType: number;
+  /** Whether VFIO_SET_IOMMU is in effect (a group is attached). */
+  private iommuSet = false;
+  /** Attached groups by number. */
+  readonly groups = new Map<number, GroupMembership>();
+
+  private constructor(
+    private readonly sys: Sys,
+    private readonly roots: Roots,
+    readonly mode: 'group' | 'noiommu',
+    private readonly node: string,
+    containerFd: Fd,
+    iommuType: number,
+  ) {
+    this.containerFd = containerFd;
+    this.iommuType = iommuType;
+    this.dmaMode = mode === 'noiommu' ? 'identity' : 'iommu';
+  }
+
+  /**
+   * Opens /dev/vfio/vfio and checks the API version and the IOMMU type.
+   * @throws VfioError ENXIO wrong API version or no usable IOMMU type; any
+   *   errno of open(2) or the ioctls. Nothing stays open after a failure.
+   */
+  static open(sys: Sys, roots: Roots, mode: 'group' | 'noiommu'): GroupBackend {
+    const node = vfioContainerNode(roots);
+    return withUnwind((u) => {
+      const fd = openFile(sys, node, O_RDWR | O_CLOEXEC);
+      u.defer(() => sys.close(fd));
+      const ctx = { path: node };
+      const version = ioctlInt(sys, fd, 'VFIO_GET_API_VERSION', 0, ctx);
+      if (version !== VFIO_API_VERSION) {
+        throw usageError('ENXIO', `VFIO API version ${version}; this library speaks version ${VFIO_API_VERSION}`, { path: node });
+      }
+      const has = (type: number): boolean => ioctlInt(sys, fd, 'VFIO_CHECK_EXTENSION', type, ctx) > 0;
+      let type: number;
+      if (mode === 'noiommu') {
+        if (!has(VFIO_NOIOMMU_IOMMU)) {
+          throw usageError('ENXIO', 'the container does not offer the no-IOMMU type (enable_unsafe_noiommu_mode is off)', { path: node });
+        }
+        type = VFIO_NOIOMMU_IOMMU;
+      } else if (has(VFIO_TYPE1v2_IOMMU)) type = VFIO_TYPE1v2_IOMMU;
+      else if (has(VFIO_TYPE1_IOMMU)) type = VFIO_TYPE1_IOMMU;
+      else throw usageError('ENXIO', 'the container offers no Type1 IOMMU (load vfio_iommu_type1)', { path: node });
+      return new GroupBackend(sys, roots, mode, node, fd, type);
+    });
+  }
+
+  get iommuLive(): boolean {
+    return this.iommuSet;
+  }
+
+  /** Name of the IOMMU type (`Type1v2`), for messages. */
+  get iommuTypeName(): string {
+    return TYPE_NAMES[this.iommuType] ?? `type ${this.iommuType}`;
+  }
+
+  attach(desc: PciDeviceDescription): AttachedDevice {
+    const address = desc.address;
+    if (desc.iommuGroup === null || desc.groupNode === null) {
+      throw usageError('ENODEV', 'the device has no VFIO group node', { device: address });
+    }
+    const group = desc.iommuGroup;
+    const groupNode = desc.groupNode;
+    return withUnwind((u) => {
+      let member = this.groups.get(group);
+      if (member === undefined) member = this.join(desc, group, groupNode, u);
+      const name = Buffer.from(`${address}\0`);
+      const fd = ioctl(this.sys, member.fd, 'VFIO_GROUP_GET_DEVICE_FD', name, { path: groupNode, device: address });
+      member.devices.add(address);
+      return { address, fd, group };
+    });
+  }
+
+  /** Opens a group, checks it, and joins it to this container (setting the IOMMU if it is the first). */
+  private join(desc: PciDeviceDescription, group: number, node: string, u: Unwind): GroupMembership {
+    const sys = this.sys;
+    const device = desc.address;
+    const ctx = { path: node, device };
+    const fd = openFile(sys, node, O_RDWR | O_CLOEXEC, device);
+    u.defer(() => sys.close(fd));
+    const status = codec.alloc(vfio_group_status, { argsz: vfio_group_status.size });
+    ioctl(sys, fd, 'VFIO_GROUP_GET_STATUS', status, ctx);
+    const flags = codec.get(vfio_group_status, status, 'flags');
+    if ((flags & VFIO_GROUP_FLAGS_VIABLE) === 0) {
+      throw usageError('EBUSY', notViableDetail(this.roots, desc), ctx);
+    }
+    if ((flags & VFIO_GROUP_FLAGS_CONTAINER_SET) !== 0) {
+      throw usageError('EBUSY', `IOMMU group ${group} is already in a container`, ctx);
+    }
+    const containerFdArg = new Uint8Array(4);
+    new DataView(containerFdArg.buffer).setInt32(0, this.containerFd, true);
+    ioctl(sys, fd, 'VFIO_GROUP_SET_CONTAINER', containerFdArg, ctx);
+    u.defer(() => ioctlInt(sys, fd, 'VFIO_GROUP_UNSET_CONTAINER', 0, ctx));
+    if (!this.iommuSet) {
+      ioctlInt(sys, this.containerFd, 'VFIO_SET_IOMMU', this.iommuType, { path: this.node, device });
+      this.iommuSet = true;
+      // The kernel drops the IOMMU when this (only) group leaves again.
+      u.defer(() => {
+        this.iommuSet = false;
+      });
+    }
+    const member: GroupMembership = { group, fd, node, devices: new Set() };
+    this.groups.set(group, member);
+    u.defer(() => this.groups.delete(group));
+    return member;
+  }
+
+  detach(dev: AttachedDevice): void {
+    const member = this.groups.get(dev.group);
+    member?.devices.delete(dev.address);
+    this.sys.close(dev.fd);
+  }
+
+  pruneDropsIommu(): boolean {
+    if (this.groups.size === 0) return false;
+    for (const m of this.groups.values()) if (m.devices.size > 0) return false;
+    return true;
+  }
+
+  pruneGroups(): void {
+    const steps: (() => void)[] = [];
+    for (const m of [...this.groups.values()]) {
+      if (m.devices.size > 0) continue;
+      const ctx = { path: m.node };
+      // UNSET first so that an error there is reported; close(2) of the group
+      // fd would unset it too, so the group is gone either way.
+      steps.push(() => ioctlInt(this.sys, m.fd, 'VFIO_GROUP_UNSET_CONTAINER', 0, ctx));
+      steps.push(() => {
+        this.groups.delete(m.group);
+        if (this.groups.size === 0) this.iommuSet = false;
+        this.sys.close(m.fd);
+      });
+    }
+    teardown(steps);
+  }
+
+  iommuInfo(device?: string, _u?: Unwind): IommuInfo {
+    if (this.dmaMode === 'identity' || !this.iommuSet) {
+      throw usageError('EINVAL', 'the container has no IOMMU yet: it is set when the first device is assigned', { device });
+    }
+    const ctx = { path: this.node, device };
+    // First call: the kernel fills the fixed part and says (argsz) how much
+    // room the capability chain needs; second call with that much room.
+    let buf = codec.alloc(vfio_iommu_type1_info, { argsz: vfio_iommu_type1_info.size });
+    ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_GET_INFO', buf, ctx);
+    const needed = codec.get(vfio_iommu_type1_info, buf, 'argsz');
+    if (needed > buf.length) {
+      buf = codec.alloc(vfio_iommu_type1_info, { argsz: needed }, needed - vfio_iommu_type1_info.size);
+      ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_GET_INFO', buf, ctx);
+    }
+    const info = codec.read(vfio_iommu_type1_info, buf);
+    if ((info.flags & VFIO_IOMMU_INFO_PGSIZES) === 0 || info.iova_pgsizes === 0n) {
+      throw usageError('EIO', 'VFIO_IOMMU_GET_INFO reported no IOMMU page sizes', ctx);
+    }
+    const pageSizes = info.iova_pgsizes;
+    const granule = pageSizes & -pageSizes;
+    // Without an IOVA-range capability (kernels before 5.4) the whole 64-bit
+    // space is usable as far as the kernel tells.
+    let ranges: IovaRange[] = [{ start: 0n, last: (1n << 64n) - 1n }];
+    if ((info.flags & VFIO_IOMMU_INFO_CAPS) !== 0 && info.cap_offset !== 0) {
+      for (const cap of codec.capabilities(buf, info.cap_offset)) {
+        if (cap.id !== VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) continue;
+        const n = codec.get(vfio_iommu_type1_info_cap_iova_range, buf, 'nr_iovas', cap.offset);
+        ranges = [];
+        for (let i = 0; i < n; i++) {
+          const at = cap.offset + codec.elementOffset(vfio_iommu_type1_info_cap_iova_range, 'iova_ranges', i);
+          const r = codec.read(vfio_iova_range, buf, at);
+          ranges.push({ start: r.start, last: r.end });
+        }
+      }
+    }
+    return { ranges, granule, pageSizes };
+  }
+
+  map(vaddr: bigint, iova: bigint, size: bigint): void {
+    const arg = codec.alloc(vfio_iommu_type1_dma_map, {
+      argsz: vfio_iommu_type1_dma_map.size,
+      flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+      vaddr,
+      iova,
+      size,
+    });
+    ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_MAP_DMA', arg, { path: this.node });
+  }
+
+  unmap(iova: bigint, size: bigint): void {
+    const arg = codec.alloc(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, flags: 0, iova, size });
+    ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_UNMAP_DMA', arg, { path: this.node });
+    // Type1 answers an unmap of nothing with success and size 0: a mapping
+    // the library believes in but the kernel does not have. Never let that
+    // pass silently (SPDK once corrupted I/O that way).
+    const unmapped = codec.get(vfio_iommu_type1_dma_unmap, arg, 'size');
+    if (unmapped !== size) {
+      throw new VfioError({
+        code: 'EIO',
+        syscall: 'ioctl',
+        request: 'VFIO_IOMMU_UNMAP_DMA',
+        path: this.node,
+        detail: `asked to unmap ${size} bytes at IOVA 0x${iova.toString(16)}, the kernel unmapped ${unmapped}`,
+      });
+    }
+  }
+
+  close(): void {
+    const fd = this.containerFd;
+    if (fd === -1) return;
+    this.containerFd = -1;
+    this.iommuSet = false;
+    this.sys.close(fd);
+  }
+}

@@ -1,0 +1,252 @@
+// DMA buffers the library owns: memory a device may read and write, with the
+// device-side address (IOVA) it has in its container.
+//
+// Memory: an anonymous MAP_SHARED mapping, populated and mlock'd, whole pages.
+// MAP_SHARED because a private mapping would turn copy-on-write in a forked
+// child and the parent's pages could be replaced under a pinned mapping.
+// mlock'd so the pages are never swapped out: with an IOMMU the kernel pins
+// them again when they are mapped (and, for Type1, counts them against
+// RLIMIT_MEMLOCK a second time); in no-IOMMU mode nothing else holds them.
+// Even locked, a 4 KiB page may be migrated by memory compaction
+// (vm.compact_unevictable_allowed), which no-IOMMU mode cannot see: that mode
+// is unsafe by design, as the kernel's name for it says.
+//
+// Guarantees:
+// - `bytes` checks liveness on every access: after `free()` (or the
+//   container's close) it throws ECLOSED instead of handing out a view of
+//   unmapped memory. The Uint8Array it returns is only valid until then: a
+//   caller must not keep it past the buffer's life (the real kernel would
+//   answer a stale access with SIGSEGV, which nothing can catch).
+// - `iova` is only readable while the buffer is mapped.
+// - Freeing unmaps it from its container first, then unmaps the memory
+//   (munmap also drops the mlock). A step that fails leaves the buffer in a
+//   state where `free()` — or the container's close — finishes the job.
+// - The GC never frees a buffer: it lives until free() or its container's
+//   close, whichever comes first.
+import { closedError, usageError } from './libc/errors.js';
+import {
+  MAP_ANONYMOUS,
+  MAP_POPULATE,
+  MAP_SHARED,
+  O_CLOEXEC,
+  O_RDONLY,
+  PROT_READ,
+  PROT_WRITE,
+  type Sys,
+} from './libc/sys.js';
+import { openFile } from './ioctl.js';
+import { withUnwind, teardown } from './cleanup.js';
+import { pagemapFile, type Roots } from './paths.js';
+
+/** How a buffer gets its device address. */
+export interface DmaMapOptions {
+  /**
+   * Map at exactly this IOVA instead of allocating one.
+   * ENOTSUP in identity (no-IOMMU) mode, where the IOVA is the physical address.
+   */
+  readonly iova?: bigint;
+  /**
+   * Exclusive bound for the device's DMA addresses: the whole buffer lies
+   * below it (2n ** 28n for a device that decodes 28 address bits).
+   */
+  readonly dmaLimit?: bigint;
+  /** IOVA alignment, a power of two (default: the IOMMU page size). */
+  readonly align?: bigint;
+}
+
+/** What a buffer asks of the container that owns it. */
+export interface DmaOwner {
+  /** Gives the buffer a device address; returns it. */
+  mapBuffer(buf: DmaBuffer, opts: DmaMapOptions): bigint;
+  /** Removes the buffer's device address (no-op when it has none). */
+  unmapBuffer(buf: DmaBuffer): void;
+  /** The buffer's memory is gone: stop tracking it. */
+  forgetBuffer(buf: DmaBuffer): void;
+  /** The error to throw when the owner is closed. */
+  readonly label: string;
+}
+
+type State = 'live' | 'freeing' | 'freed';
+
+export class DmaBuffer implements Disposable {
+  /** Length in bytes (a whole number of pages). */
+  readonly size: number;
+  /** Process virtual address of the first byte. */
+  readonly vaddr: bigint;
+  private state: State = 'live';
+  /** Set by the owner while the buffer has a device address. */
+  private iovaSlot: bigint | null = null;
+
+  /** @internal Containers create buffers (Container.allocDma). */
+  constructor(
+    private readonly sys: Sys,
+    private readonly owner: DmaOwner,
+    vaddr: bigint,
+    size: number,
+  ) {
+    this.vaddr = vaddr;
+    this.size = size;
+  }
+
+  /** False once free() started (or the container closed). */
+  get live(): boolean {
+    return this.state === 'live';
+  }
+
+  /** True while the buffer has a device address. */
+  get mapped(): boolean {
+    return this.iovaSlot !== null;
+  }
+
+  /**
+   * The buffer's bytes (no copy). Valid until free(): do not keep it longer.
+   * @throws VfioError ECLOSED after free() or the container's close.
+   */
+  get bytes(): Uint8Array {
+    this.checkLive();
+    // SAFETY: state 'live' means [vaddr, vaddr + size) is still mapped: free()
+    // leaves 'live' before it munmaps, so no new view can be made after.
+    return this.sys.view(this.vaddr, this.size);
+  }
+
+  /**
+   * The device-side address of byte 0.
+   * @throws VfioError ECLOSED after free(); EINVAL when not mapped.
+   */
+  get iova(): bigint {
+    this.checkLive();
+    if (this.iovaSlot === null) throw usageError('EINVAL', 'the DMA buffer is not mapped (call map())');
+    return this.iovaSlot;
+  }
+
+  /**
+   * The device address of byte `offset` of the buffer.
+   * @throws VfioError EINVAL offset outside the buffer or not mapped; ECLOSED after free().
+   */
+  iovaAt(offset: number): bigint {
+    const base = this.iova;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset >= this.size) {
+      throw usageError('EINVAL', `offset ${offset} is outside the ${this.size}-byte DMA buffer`);
+    }
+    return base + BigInt(offset);
+  }
+
+  /**
+   * Gives the buffer a device address in its container (allocDma already did;
+   * use this after unmap()).
+   * @throws VfioError EEXIST already mapped; ENOSPC no IOVA room under the
+   *   limit; EINVAL bad options or IOVA outside the IOMMU's ranges; ENOTSUP an
+   *   explicit IOVA in identity mode; ECLOSED freed or container closed; any
+   *   errno of VFIO_IOMMU_MAP_DMA / IOMMU_IOAS_MAP.
+   */
+  map(opts: DmaMapOptions = {}): bigint {
+    this.checkLive();
+    if (this.iovaSlot !== null) throw usageError('EEXIST', `the DMA buffer is already mapped at 0x${this.iovaSlot.toString(16)}`);
+    return this.owner.mapBuffer(this, opts);
+  }
+
+  /**
+   * Removes the device address. A no-op when not mapped.
+   * @throws VfioError EIO the kernel unmapped a different size than was
+   *   mapped (the mapping is forgotten; its IOVA is not reused); any errno of
+   *   the unmap ioctl (the buffer stays mapped); ECLOSED after free().
+   */
+  unmap(): void {
+    this.checkLive();
+    this.owner.unmapBuffer(this);
+  }
+
+  /**
+   * Unmaps the buffer from its container and releases its memory. Safe to
+   * call again after a failure, and a no-op once done.
+   * @throws VfioError the first error of the unmap or munmap; a second call
+   *   retries what is left.
+   */
+  free(): void {
+    if (this.state === 'freed') return;
+    this.state = 'freeing';
+    teardown([
+      () => this.owner.unmapBuffer(this),
+      () => {
+        // munmap also removes the mlock (mlock(2)): no munlock needed.
+        this.sys.munmap(this.vaddr, this.size);
+        this.state = 'freed';
+        this.owner.forgetBuffer(this);
+      },
+    ]);
+  }
+
+  [Symbol.dispose](): void {
+    this.free();
+  }
+
+  /** @internal The owner records the device address. */
+  setIova(iova: bigint | null): void {
+    this.iovaSlot = iova;
+  }
+
+  private checkLive(): void {
+    if (this.state !== 'live') throw closedError(`DMA buffer at 0x${this.vaddr.toString(16)} (${this.owner.label})`);
+  }
+}
+
+/**
+ * Maps `size` bytes (rounded up to whole pages) of locked anonymous memory.
+ * @throws VfioError EINVAL bad size; ENOMEM/EAGAIN/EPERM from mmap or mlock
+ *   (RLIMIT_MEMLOCK); nothing stays mapped after a failure.
+ */
+export function allocLockedMemory(sys: Sys, size: number, pageSize: number): { vaddr: bigint; size: number } {
+  if (!Number.isSafeInteger(size) || size <= 0) throw usageError('EINVAL', `DMA buffer size ${size} is not a positive integer`);
+  const length = Math.ceil(size / pageSize) * pageSize;
+  return withUnwind((u) => {
+    const vaddr = sys.mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0n);
+    u.defer(() => sys.munmap(vaddr, length));
+    sys.mlock(vaddr, length);
+    return { vaddr, size: length };
+  });
+}
+
+const PAGEMAP_ENTRY = 8;
+const PAGEMAP_PRESENT = 1n << 63n;
+const PAGEMAP_PFN_MASK = (1n << 55n) - 1n;
+
+/**
+ * The physical address of [vaddr, vaddr + size), read from
+ * /proc/self/pagemap: what a device sees as the IOVA in no-IOMMU mode. The
+ * range must be physically contiguous, because the device gets one address.
+ * @throws VfioError EPERM the PFNs read as 0 (reading them needs
+ *   CAP_SYS_ADMIN); EIO a page is not present or a short read; ENOMEM the
+ *   pages are not physically contiguous; any errno of open/pread/close.
+ */
+export function physicalAddress(sys: Sys, roots: Roots, vaddr: bigint, size: number, pageSize: number): bigint {
+  const page = BigInt(pageSize);
+  const pages = Math.ceil(size / pageSize);
+  const path = pagemapFile(roots);
+  const entries = new Uint8Array(pages * PAGEMAP_ENTRY);
+  const fd = openFile(sys, path, O_RDONLY | O_CLOEXEC);
+  const n = withUnwind((u) => {
+    u.defer(() => sys.close(fd));
+    return sys.pread(fd, entries, (vaddr / page) * BigInt(PAGEMAP_ENTRY));
+  });
+  sys.close(fd);
+  if (n !== entries.length) throw usageError('EIO', `short read of ${path} (${n} of ${entries.length} bytes)`, { path });
+  const dv = new DataView(entries.buffer);
+  let first = 0n;
+  for (let i = 0; i < pages; i++) {
+    const entry = dv.getBigUint64(i * PAGEMAP_ENTRY, true);
+    if ((entry & PAGEMAP_PRESENT) === 0n) throw usageError('EIO', `page ${i} of the DMA buffer is not present in ${path}`, { path });
+    const pfn = entry & PAGEMAP_PFN_MASK;
+    if (pfn === 0n) {
+      throw usageError('EPERM', `${path} hides physical addresses: no-IOMMU DMA needs root (CAP_SYS_ADMIN)`, { path });
+    }
+    if (i === 0) first = pfn;
+    else if (pfn !== first + BigInt(i)) {
+      throw usageError(
+        'ENOMEM',
+        `the ${pages}-page DMA buffer is not physically contiguous (a no-IOMMU device needs one block); allocate one page per buffer`,
+        { path },
+      );
+    }
+  }
+  return first * page + (vaddr % page);
+}

@@ -1,0 +1,63 @@
+// The public face of the library.
+//
+// `vfio` is the context on the real kernel. It loads the koffi binding only
+// when it first makes a system call, so importing the package (or building a
+// context on a fake kernel with createVfio) never loads native code, and the
+// package stays require()-able (no top-level await).
+import { createRequire } from 'node:module';
+import { createVfio, type Vfio } from './context.js';
+import type { Sys } from './libc/sys.js';
+
+export { createVfio, Vfio, type VfioOptions, type ContainerOptions } from './context.js';
+export { Container, type ContainerKernelState } from './container/container.js';
+export type { IommuInfo } from './container/backend.js';
+export { Device, type DeviceInfo, type DeviceResource } from './device.js';
+export { DmaBuffer, type DmaMapOptions } from './dma.js';
+export { ConfigSpace, Irqs, IrqSet, IrqVector, Region, IRQ_INDEX, CAP_ID, EXT_CAP_ID } from './device-io/index.js';
+export type {
+  EnableOptions,
+  HotResetInfo,
+  IrqInfo,
+  IrqKind,
+  MapBarOptions,
+  MmioViews,
+  RegionInfo,
+  RegionArea,
+  RegionType,
+  WaitOptions,
+} from './device-io/index.js';
+export type { IovaRange } from './iova-allocator.js';
+export type { VfioMode } from './mode.js';
+export { parsePciAddress, canonicalPciAddress, type PciAddress } from './pci-address.js';
+export type { PciDeviceDescription } from './sysfs.js';
+export { VfioError, type VfioErrorInit } from './libc/errors.js';
+export type { Sys, Fd } from './libc/sys.js';
+
+/**
+ * A Sys that loads the real one on first use. Methods are bound once and
+ * cached, so a call costs one Map lookup over a direct call.
+ */
+function lazySys(load: () => Sys): Sys {
+  let real: Sys | undefined;
+  const bound = new Map<PropertyKey, unknown>();
+  return new Proxy({} as Sys, {
+    get(_target, key) {
+      if (bound.has(key)) return bound.get(key);
+      real ??= load();
+      const value: unknown = Reflect.get(real, key);
+      const out = typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(real) : value;
+      bound.set(key, out);
+      return out;
+    },
+  });
+}
+
+function loadKoffiSys(): Sys {
+  // Synchronous on purpose: the API is synchronous, and require() of an ES
+  // module without top-level await is supported from Node 20.19.
+  const require = createRequire(import.meta.url);
+  return (require('./libc/koffi-sys.js') as { koffiSys: Sys }).koffiSys;
+}
+
+/** The context on the real kernel: /sys, /dev, /proc, and VFIO_MODE from the environment. */
+export const vfio: Vfio = createVfio({ sys: lazySys(loadKoffiSys) });

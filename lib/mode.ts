@@ -1,0 +1,144 @@
+// Which of the kernel's three VFIO interfaces a device (or the machine) can be
+// driven through, decided from the filesystem alone (nothing is opened):
+//
+// - 'cdev':    /dev/iommu and the device's /dev/vfio/devices/vfioN (IOMMUFD).
+// - 'group':   /dev/vfio/vfio, the group node /dev/vfio/N, and a Type1 IOMMU
+//              driver (the vfio_iommu_type1 module, or IOMMUFD's emulation
+//              of it, which needs /dev/iommu).
+// - 'noiommu': vfio's enable_unsafe_noiommu_mode is Y and the device's group
+//              is a no-IOMMU group (/dev/vfio/noiommu-N). DMA then uses
+//              physical addresses: nothing protects memory from the device.
+//
+// A mode can be forced (an option, or the VFIO_MODE environment variable);
+// a forced mode the machine cannot give is an ENXIO error saying why, never a
+// silent fallback.
+//
+// Guarantees:
+// - `availability` reports, per mode, either null (usable) or the reason it
+//   is not, so every refusal can say what is missing.
+// - A no-IOMMU device is only ever offered 'noiommu' (binding it through an
+//   IOMMU path would fail later and less clearly).
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { usageError, VfioError } from './libc/errors.js';
+import {
+  iommufdNode,
+  noiommuParameter,
+  type1ModuleDir,
+  vfioCdevDir,
+  vfioContainerNode,
+  type Roots,
+} from './paths.js';
+import type { PciDeviceDescription } from './sysfs.js';
+
+export type VfioMode = 'cdev' | 'group' | 'noiommu';
+
+/** Preference order when nothing is forced. */
+export const VFIO_MODES: readonly VfioMode[] = ['cdev', 'group', 'noiommu'];
+
+/** Per mode: null when usable, else why not. */
+export type ModeAvailability = Record<VfioMode, string | null>;
+
+/**
+ * Parses a mode name from an option or the environment.
+ * @throws VfioError EINVAL for anything but 'cdev', 'group', 'noiommu'.
+ */
+export function parseMode(value: unknown, source: string): VfioMode {
+  if (typeof value === 'string' && (VFIO_MODES as readonly string[]).includes(value)) return value as VfioMode;
+  throw usageError('EINVAL', `${source} is ${JSON.stringify(value)}; expected one of ${VFIO_MODES.join(', ')}`);
+}
+
+function noiommuEnabled(roots: Roots): boolean {
+  try {
+    return readFileSync(noiommuParameter(roots), 'utf8').trim() === 'Y';
+  } catch {
+    return false;
+  }
+}
+
+/** What the machine offers, before looking at any device. */
+export function machineAvailability(roots: Roots): ModeAvailability {
+  const container = existsSync(vfioContainerNode(roots));
+  const iommufd = existsSync(iommufdNode(roots));
+  const type1 = existsSync(type1ModuleDir(roots)) || iommufd;
+  return {
+    cdev: !iommufd
+      ? `${iommufdNode(roots)} does not exist (load iommufd; kernel 6.6+ with CONFIG_IOMMUFD)`
+      : !existsSync(vfioCdevDir(roots))
+        ? `${vfioCdevDir(roots)} does not exist (kernel without CONFIG_VFIO_DEVICE_CDEV)`
+        : null,
+    group: !container
+      ? `${vfioContainerNode(roots)} does not exist (load the vfio module)`
+      : !type1
+        ? 'no Type1 IOMMU driver (load vfio_iommu_type1)'
+        : null,
+    noiommu: !noiommuEnabled(roots)
+      ? `${noiommuParameter(roots)} is not Y (no-IOMMU mode is disabled)`
+      : !container
+        ? `${vfioContainerNode(roots)} does not exist (load the vfio module)`
+        : null,
+  };
+}
+
+/** What a device offers: the machine's modes narrowed by the device's nodes. */
+export function deviceAvailability(roots: Roots, desc: PciDeviceDescription): ModeAvailability {
+  const machine = machineAvailability(roots);
+  const noGroup = desc.iommuGroup === null ? 'the device has no IOMMU group' : null;
+  const inNoiommuGroup = desc.noiommu
+    ? `the device's group ${desc.iommuGroup} is a no-IOMMU group (use noiommu mode)`
+    : null;
+  return {
+    cdev:
+      machine.cdev ??
+      inNoiommuGroup ??
+      (desc.cdevNode === null ? 'the device has no vfio-dev cdev node (kernel without CONFIG_VFIO_DEVICE_CDEV, or not bound to vfio-pci)' : null),
+    group:
+      machine.group ??
+      noGroup ??
+      inNoiommuGroup ??
+      (desc.groupNode === null ? `/dev/vfio/${desc.iommuGroup} does not exist (is the device bound to vfio-pci?)` : null),
+    noiommu:
+      machine.noiommu ??
+      noGroup ??
+      (!desc.noiommu ? `the device's group ${desc.iommuGroup} has an IOMMU (no-IOMMU mode is only for devices without one)` : null),
+  };
+}
+
+/**
+ * The order in which a machine's modes are preferred for a container made
+ * without a device: VFIO_MODES, except that a machine whose VFIO groups are
+ * all no-IOMMU groups (/dev/vfio/noiommu-N and no /dev/vfio/N) prefers
+ * 'noiommu' — there is no IOMMU for the other modes to use.
+ */
+export function machinePreference(roots: Roots): readonly VfioMode[] {
+  let names: string[];
+  try {
+    names = readdirSync(dirname(vfioContainerNode(roots)));
+  } catch {
+    return VFIO_MODES;
+  }
+  const noiommuOnly = names.some((n) => /^noiommu-[0-9]+$/.test(n)) && !names.some((n) => /^[0-9]+$/.test(n));
+  return noiommuOnly ? ['noiommu', 'cdev', 'group'] : VFIO_MODES;
+}
+
+/**
+ * The mode to use: the forced one when given (it must be available), else the
+ * first available in `order` (default VFIO_MODES).
+ * @throws VfioError ENXIO naming the reason for each unavailable mode.
+ */
+export function chooseMode(
+  avail: ModeAvailability,
+  forced: VfioMode | undefined,
+  ctx: { device?: string },
+  order: readonly VfioMode[] = VFIO_MODES,
+): VfioMode {
+  if (forced !== undefined) {
+    const why = avail[forced];
+    if (why === null) return forced;
+    throw new VfioError({ code: 'ENXIO', device: ctx.device, detail: `${forced} mode was forced but is not available: ${why}` });
+  }
+  const mode = order.find((m) => avail[m] === null);
+  if (mode !== undefined) return mode;
+  const why = VFIO_MODES.map((m) => `${m}: ${avail[m]}`).join('; ');
+  throw new VfioError({ code: 'ENXIO', device: ctx.device, detail: `VFIO is not available: ${why}` });
+}

@@ -1,0 +1,120 @@
+// Discovery and mode selection: sysfs description, getMode per device and per
+// machine, forced modes (option and VFIO_MODE) and what happens when the
+// machine cannot give them.
+import t from 'tap';
+import { createVfio } from '../lib/context.js';
+import { edu, FakeKernel } from './fake/index.js';
+import { EDU, EDU2, MODES, NO_LEAKS, machine, vfioErrorOf } from './core-harness.js';
+
+t.test('describeDevice reads sysfs', async (t) => {
+  const { kernel, vfio } = machine('cdev');
+  t.teardown(() => kernel.dispose());
+  const d = vfio.describeDevice('00:03.0');
+  t.match(d, {
+    address: EDU,
+    vendor: 0x1234,
+    device: 0x11e8,
+    class: 0x00ff00,
+    driver: 'vfio-pci',
+    iommuGroup: 3,
+    noiommu: false,
+    groupNode: `${kernel.devRoot}/vfio/3`,
+    cdevNode: /\/vfio\/devices\/vfio[0-9]+$/,
+  });
+  t.equal(vfio.describeDevice(EDU2).iommuGroup, 6);
+  t.same(kernel.leaks(), NO_LEAKS, 'discovery opens nothing');
+  t.equal(kernel.syscalls, 0, 'discovery makes no system call');
+});
+
+t.test('describeDevice in no-IOMMU mode', async (t) => {
+  const { kernel, vfio } = machine('noiommu');
+  t.teardown(() => kernel.dispose());
+  t.match(vfio.describeDevice(EDU), { noiommu: true, groupNode: `${kernel.devRoot}/vfio/noiommu-3`, cdevNode: null });
+});
+
+for (const mode of MODES) {
+  t.test(`${mode} machine: getMode for a device and for the machine`, async (t) => {
+    const { kernel, vfio } = machine(mode);
+    t.teardown(() => kernel.dispose());
+    t.equal(vfio.getMode(EDU), mode);
+    t.equal(vfio.getMode(), mode, 'a new container would use it too');
+    t.equal(vfio.defaultContainer.mode, mode);
+    vfio.close();
+    t.same(kernel.leaks(), NO_LEAKS);
+  });
+}
+
+t.test('a cdev machine without the device cdev node falls back to group', async (t) => {
+  const { kernel, vfio } = machine('cdev', { cdevInterface: false });
+  t.teardown(() => kernel.dispose());
+  t.equal(vfio.getMode(EDU), 'group');
+});
+
+t.test('forcing a mode: option, VFIO_MODE, and which wins', async (t) => {
+  {
+    const { kernel, vfio } = machine('cdev', {}, { VFIO_MODE: 'group' });
+    t.equal(vfio.forcedMode, 'group');
+    t.equal(vfio.getMode(EDU), 'group', 'VFIO_MODE=group on a machine that prefers cdev');
+    const dev = vfio.openDevice(EDU);
+    t.equal(dev.container.kernelState.mode, 'group', 'the device is driven through a group');
+    vfio.close();
+    t.same(kernel.leaks(), NO_LEAKS);
+    kernel.dispose();
+  }
+  {
+    const kernel = new FakeKernel({ mode: 'group', devices: [edu()] });
+    const vfio = createVfio({ sys: kernel.sys, sysfs: kernel.sysfsRoot, dev: kernel.devRoot, proc: kernel.procRoot, mode: 'group', env: { VFIO_MODE: 'cdev' } });
+    t.equal(vfio.getMode(EDU), 'group', 'the option overrides VFIO_MODE');
+    kernel.dispose();
+  }
+  {
+    const { kernel, vfio } = machine('cdev', {}, { VFIO_MODE: '' });
+    t.equal(vfio.forcedMode, undefined, 'an empty VFIO_MODE forces nothing');
+    t.equal(vfio.getMode(EDU), 'cdev');
+    kernel.dispose();
+  }
+  {
+    const { kernel, vfio } = machine('cdev');
+    const c = vfio.createContainer({ mode: 'group' });
+    t.equal(c.mode, 'group', 'a container can be made in another available mode');
+    c.assignDevice(EDU);
+    const cd = vfio.createContainer();
+    t.equal(cd.mode, 'cdev');
+    vfio.close();
+    t.same(kernel.leaks(), NO_LEAKS);
+    kernel.dispose();
+  }
+});
+
+t.test('a forced mode the machine or the device cannot give is ENXIO, with the reason', async (t) => {
+  const cases: [machineMode: 'cdev' | 'group' | 'noiommu', forced: string, reason: RegExp][] = [
+    ['group', 'cdev', /\/dev\/iommu does not exist/],
+    ['cdev', 'noiommu', /enable_unsafe_noiommu_mode is not Y/],
+    ['noiommu', 'group', /group 3 is a no-IOMMU group/],
+    ['noiommu', 'cdev', /\/dev\/iommu does not exist/],
+  ];
+  for (const [machineMode, forced, reason] of cases) {
+    const { kernel, vfio } = machine(machineMode, {}, { VFIO_MODE: forced });
+    const err = vfioErrorOf(() => vfio.getMode(EDU));
+    t.match(err, { code: 'ENXIO', device: EDU, message: new RegExp(`${forced} mode was forced but is not available: .*${reason.source}`) }, `${forced} on a ${machineMode} machine`);
+    t.match(vfioErrorOf(() => vfio.openDevice(EDU)), { code: 'ENXIO' });
+    t.same(kernel.leaks(), NO_LEAKS);
+    kernel.dispose();
+  }
+});
+
+t.test('getDeviceInfo sets nothing up and reuses what is set up', async (t) => {
+  for (const mode of MODES) {
+    const { kernel, vfio } = machine(mode);
+    const info = vfio.getDeviceInfo(EDU);
+    t.same(kernel.leaks(), NO_LEAKS, `${mode}: nothing left behind`);
+    t.equal(kernel.device(EDU).openCount, 0, `${mode}: the device is closed again`);
+    const dev = vfio.openDevice(EDU);
+    const before = kernel.syscalls;
+    t.same(vfio.getDeviceInfo(EDU), info, `${mode}: the same answer for the open device`);
+    t.equal(kernel.syscalls - before, 1, `${mode}: through the open fd (one ioctl)`);
+    dev.release();
+    vfio.close();
+    kernel.dispose();
+  }
+});
