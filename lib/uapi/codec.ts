@@ -19,6 +19,10 @@
 // - Flexible array members (`x[]`) are not part of `size`; `read` omits them
 //   and callers reach them with `elementOffset`.
 
+// The generated module imports only a type from here, so this runtime import
+// is not a cycle.
+import { vfio_info_cap_header } from './vfio.js';
+
 export type Scalar = 'u8' | 'u16' | 'u32' | 'u64' | 's8' | 's16' | 's32' | 's64';
 
 export interface Field {
@@ -337,23 +341,6 @@ export function elementOffset<L extends StructLayout>(layout: L, field: ArrayFie
   return f.offset + index * elementSize(f.type);
 }
 
-/**
- * The layout of `struct vfio_info_cap_header` (id u16, version u16, next
- * u32). Written here rather than imported from ./vfio.ts so that the codec
- * does not depend on generated code; test/uapi-codec.test.ts checks that the
- * two agree.
- */
-export const vfioInfoCapHeader = {
-  name: 'vfio_info_cap_header',
-  union: false,
-  size: 8,
-  align: 4,
-  fields: {
-    id: { offset: 0, type: 'u16' },
-    version: { offset: 2, type: 'u16' },
-    next: { offset: 4, type: 'u32' },
-  },
-} as const satisfies StructLayout;
 
 /** A header layout that `capabilities` can walk: id, version, next. */
 export type CapHeaderLayout = StructLayout & {
@@ -378,7 +365,7 @@ export type CapHeaderLayout = StructLayout & {
 export function* capabilities(
   buf: Uint8Array,
   firstOffset: number,
-  header: CapHeaderLayout = vfioInfoCapHeader,
+  header: CapHeaderLayout = vfio_info_cap_header,
 ): Generator<{ id: number; version: number; offset: number }> {
   let at = firstOffset;
   let floor = 0;
