@@ -341,7 +341,6 @@ export function elementOffset<L extends StructLayout>(layout: L, field: ArrayFie
   return f.offset + index * elementSize(f.type);
 }
 
-
 /** A header layout that `capabilities` can walk: id, version, next. */
 export type CapHeaderLayout = StructLayout & {
   readonly fields: {

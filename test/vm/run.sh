@@ -13,6 +13,12 @@
 #   (CI=true) it fails.
 # - Every QEMU is killed after VFIO_VM_TIMEOUT seconds and reported.
 #
+# `run.sh --exec 'COMMAND' [--modes 'MODE ...']` boots the same machine(s)
+# but runs COMMAND (with bash, in the checkout) instead of the suite: its
+# stdout and stderr stream to the host's stdout and stderr, and run.sh exits
+# with its exit code (the first non-zero one over the modes; 125 if a VM did
+# not get to run it). VFIO_VM_EXEC='COMMAND' does the same. See README.md.
+#
 # Knobs (environment): VFIO_VM_MODES (default "group cdev noiommu"),
 # VFIO_VM_TIMEOUT (per boot, default 300 s), VFIO_VM_KEEP=1 (keep the run
 # directory with each boot's console.log), VFIO_VM_VERBOSE=1 (stream the
@@ -22,10 +28,29 @@ set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-read -ra modes <<<"${VFIO_VM_MODES:-group cdev noiommu}"
 boot_timeout=${VFIO_VM_TIMEOUT:-300}
 
 say() { printf 'test:vm: %s\n' "$*" >&2; }
+
+exec_command=${VFIO_VM_EXEC:-} modes_arg=${VFIO_VM_MODES:-group cdev noiommu}
+while (($#)); do
+  case $1 in
+    --exec) (($# >= 2)) || { say "ERROR: --exec needs a command"; exit 2; }; exec_command=$2; shift 2 ;;
+    --exec=*) exec_command=${1#--exec=}; shift ;;
+    --modes) (($# >= 2)) || { say "ERROR: --modes needs a list"; exit 2; }; modes_arg=$2; shift 2 ;;
+    --modes=*) modes_arg=${1#--modes=}; shift ;;
+    -h | --help) sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) say "ERROR: unknown argument '$1' (usage: run.sh [--exec 'COMMAND'] [--modes 'group cdev noiommu'])"; exit 2 ;;
+  esac
+done
+read -ra modes <<<"${modes_arg//,/ }"
+for mode in "${modes[@]}"; do
+  case $mode in group | cdev | noiommu) ;; *) say "ERROR: unknown mode '$mode' (expected group, cdev, noiommu)"; exit 2 ;; esac
+done
+((${#modes[@]})) || { say "ERROR: no mode to boot"; exit 2; }
+# An exec run whose VM failed before the command ran exits with this, so
+# that a caller can tell it from the command's own failure.
+exec_vm_failed=125
 
 # A prerequisite this machine lacks and cannot get: loud skip outside CI.
 unavailable() {
@@ -55,7 +80,8 @@ if ((${#missing[@]})); then
   apt_install || { apt-get update -q >&2 && apt_install; } || unavailable "apt-get could not install ${missing[*]}"
 fi
 command -v node >/dev/null || unavailable "no node on PATH"
-[[ -d $repo/node_modules/tap ]] || unavailable "no node_modules in $repo (run npm ci)"
+[[ -d $repo/node_modules/koffi && ( -n $exec_command || -d $repo/node_modules/tap ) ]] \
+  || unavailable "no node_modules in $repo (run npm ci)"
 
 # --- kernel and initramfs ----------------------------------------------------
 bzimage=$(bash "$here/kernel.sh") || { say "ERROR: the guest kernel could not be built"; exit 1; }
@@ -70,12 +96,16 @@ bash "$here/initramfs.sh" "$run/initramfs.cpio.gz" || { say "ERROR: the initramf
 
 # The guest suite, compiled to JS once for all modes (see tsconfig.guest.json).
 # A syntax error fails here; types are `npm run typecheck`'s business.
+# An exec run does not need it (its command brings its own JS).
 js=$run/js
-say "compiling test/vm/guest to $js"
-node "$repo/node_modules/typescript/bin/tsc" -p "$here/tsconfig.guest.json" --outDir "$js" >&2 \
-  || { say "ERROR: test/vm/guest does not compile"; exit 1; }
-cp "$repo/package.json" "$js/package.json"   # "type": "module" for the .js files
-ln -s "$repo/node_modules" "$js/node_modules"
+mkdir -p "$js"
+if [[ -z $exec_command ]]; then
+  say "compiling test/vm/guest to $js"
+  node "$repo/node_modules/typescript/bin/tsc" -p "$here/tsconfig.guest.json" --outDir "$js" >&2 \
+    || { say "ERROR: test/vm/guest does not compile"; exit 1; }
+  cp "$repo/package.json" "$js/package.json"   # "type": "module" for the .js files
+  ln -s "$repo/node_modules" "$js/node_modules"
+fi
 
 # The guest runs the host's own node; its directory may not be in /usr/bin.
 node_dir=$(dirname "$(readlink -f "$(command -v node)")")
