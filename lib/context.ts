@@ -13,7 +13,10 @@
 // - After close() every method throws ECLOSED; closing closes every
 //   container (and so every device and DMA buffer) of the context.
 import { teardown } from './cleanup.js';
+import { CdevBackend } from './container/cdev.js';
 import { Container, type ContainerEnv } from './container/container.js';
+import { GroupBackend } from './container/group.js';
+import type { Fd } from './libc/sys.js';
 import type { Device, DeviceInfo } from './device.js';
 import { closedError, usageError } from './libc/errors.js';
 import type { Sys } from './libc/sys.js';
@@ -39,6 +42,12 @@ export interface VfioOptions {
 export interface ContainerOptions {
   /** The container's mode (default: the forced mode, else the best the machine offers). */
   readonly mode?: VfioMode;
+  /**
+   * cdev mode only: allocate the new container's IOAS in the iommufd of this
+   * (open, cdev) container of the same context, instead of opening
+   * /dev/iommu again: one iommufd file holding several IOAS, as DPDK does.
+   */
+  readonly iommufdOf?: Container;
 }
 
 export class Vfio implements Disposable {
@@ -167,14 +176,26 @@ export class Vfio implements Disposable {
 
   /**
    * A new, empty container.
-   * @throws VfioError EINVAL bad mode name; ENXIO the mode is not available
+   * @throws VfioError EINVAL bad mode name, or an `iommufdOf` that is not
+   *   an open cdev container of this context; ENXIO the mode is not available
    *   here (or VFIO is not at all); ECLOSED; any errno of opening
    *   /dev/vfio/vfio or /dev/iommu and checking them.
    */
   createContainer(opts: ContainerOptions = {}): Container {
     this.checkOpen();
     const forced = opts.mode !== undefined ? parseMode(opts.mode, 'the container mode') : this.forcedMode;
-    return this.newContainer(this.machineMode(forced));
+    const mode = this.machineMode(forced);
+    const other = opts.iommufdOf;
+    if (other === undefined) return this.newContainer(mode);
+    if (!this.containers.has(other) || other.borrowed) {
+      throw usageError('EINVAL', 'iommufdOf must be an open container made by this context');
+    }
+    const state = other.kernelState;
+    if (mode !== 'cdev' || state.mode !== 'cdev') {
+      throw usageError('EINVAL', `iommufdOf needs two cdev containers (this one: ${mode}, ${other.label}: ${state.mode})`);
+    }
+    const backend = CdevBackend.open(this.sys, this.roots, this.pageSize, state.iommufd);
+    return this.registered(new Container(this.containerEnv(), mode, backend));
   }
 
   /**
@@ -188,6 +209,31 @@ export class Vfio implements Disposable {
       this.defaultSlot = this.createContainer();
     }
     return this.defaultSlot;
+  }
+
+  /**
+   * @internal A borrowed container (lib/share) on fds another process or
+   * thread lent: in cdev mode its iommufd and the id of the IOAS in it; in
+   * group modes its container fd and the IOMMU type the lender set. The
+   * container owns the fds once this returns (not when it throws).
+   * @throws VfioError ECLOSED.
+   */
+  adoptContainer(
+    lent:
+      | { readonly mode: 'cdev'; readonly iommufd: Fd; readonly ioasId: number }
+      | { readonly mode: 'group' | 'noiommu'; readonly containerFd: Fd; readonly iommuType: number },
+  ): Container {
+    this.checkOpen();
+    const backend =
+      lent.mode === 'cdev'
+        ? CdevBackend.adopt(this.sys, this.roots, this.pageSize, lent.iommufd, lent.ioasId)
+        : GroupBackend.adopt(this.sys, this.roots, lent.mode, lent.containerFd, lent.iommuType);
+    return this.registered(new Container(this.containerEnv(), lent.mode, backend));
+  }
+
+  /** @internal The kernel interface (lib/share opens its sockets through it). */
+  get kernel(): Sys {
+    return this.sys;
   }
 
   get closed(): boolean {
@@ -232,7 +278,10 @@ export class Vfio implements Disposable {
   }
 
   private newContainer(mode: VfioMode): Container {
-    const c = new Container(this.containerEnv(), mode);
+    return this.registered(new Container(this.containerEnv(), mode));
+  }
+
+  private registered(c: Container): Container {
     this.containers.add(c);
     return c;
   }

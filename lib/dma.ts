@@ -23,15 +23,22 @@
 //   state where `free()` — or the container's close — finishes the job.
 // - The GC never frees a buffer: it lives until free() or its container's
 //   close, whichever comes first.
+//
+// Shareable buffers (`allocDma(size, { shareable: true })`) are the same,
+// except that the memory is a memfd mapped MAP_SHARED: another process or
+// thread that receives the memfd (lib/share) maps the very same pages. The
+// buffer keeps the memfd open until it is freed.
 import { closedError, usageError } from './libc/errors.js';
 import {
   MAP_ANONYMOUS,
   MAP_POPULATE,
   MAP_SHARED,
+  MFD_CLOEXEC,
   O_CLOEXEC,
   O_RDONLY,
   PROT_READ,
   PROT_WRITE,
+  type Fd,
   type Sys,
 } from './libc/sys.js';
 import { openFile } from './ioctl.js';
@@ -52,6 +59,15 @@ export interface DmaMapOptions {
   readonly dmaLimit?: bigint;
   /** IOVA alignment, a power of two (default: the IOMMU page size). */
   readonly align?: bigint;
+}
+
+/** How Container.allocDma makes a buffer: the mapping options, and whether other processes may map it. */
+export interface DmaAllocOptions extends DmaMapOptions {
+  /**
+   * Back the buffer with a memfd so that it can be shared with another
+   * process or thread (lib/share). Costs one open fd per buffer.
+   */
+  readonly shareable?: boolean;
 }
 
 /** What a buffer asks of the container that owns it. */
@@ -76,6 +92,8 @@ export class DmaBuffer implements Disposable {
   private state: State = 'live';
   /** Set by the owner while the buffer has a device address. */
   private iovaSlot: bigint | null = null;
+  /** The memfd behind a shareable buffer (-1 otherwise, and once freed). */
+  private memfdSlot: Fd;
 
   /** @internal Containers create buffers (Container.allocDma). */
   constructor(
@@ -83,9 +101,26 @@ export class DmaBuffer implements Disposable {
     private readonly owner: DmaOwner,
     vaddr: bigint,
     size: number,
+    memfd: Fd = -1,
   ) {
     this.vaddr = vaddr;
     this.size = size;
+    this.memfdSlot = memfd;
+  }
+
+  /** True for a buffer allocated `shareable` (memfd-backed): lib/share can hand it to another process. */
+  get shareable(): boolean {
+    return this.memfdSlot !== -1;
+  }
+
+  /**
+   * @internal The memfd of a shareable buffer, for lib/share to pass on.
+   * @throws VfioError ECLOSED after free(); EINVAL not shareable.
+   */
+  get memfd(): Fd {
+    this.checkLive();
+    if (this.memfdSlot === -1) throw usageError('EINVAL', 'the DMA buffer is not shareable (allocate it with { shareable: true })');
+    return this.memfdSlot;
   }
 
   /** False once free() started (or the container closed). */
@@ -173,6 +208,14 @@ export class DmaBuffer implements Disposable {
         this.state = 'freed';
         this.owner.forgetBuffer(this);
       },
+      () => {
+        // Closed after the munmap: an fd closed first might be reused while
+        // the buffer still claims it.
+        const fd = this.memfdSlot;
+        if (fd === -1 || this.state !== 'freed') return;
+        this.memfdSlot = -1;
+        this.sys.close(fd);
+      },
     ]);
   }
 
@@ -203,6 +246,28 @@ export function allocLockedMemory(sys: Sys, size: number, pageSize: number): { v
     u.defer(() => sys.munmap(vaddr, length));
     sys.mlock(vaddr, length);
     return { vaddr, size: length };
+  });
+}
+
+/**
+ * Like allocLockedMemory, but the memory is a memfd (named `name` for
+ * /proc/PID/maps) mapped MAP_SHARED, so that another process that receives
+ * the memfd maps the same pages. Returns the memfd too: the caller owns it.
+ * @throws VfioError EINVAL bad size; ENOMEM/EAGAIN/EPERM from mmap or mlock;
+ *   EMFILE; any errno of memfd_create/ftruncate; nothing stays open or
+ *   mapped after a failure.
+ */
+export function allocSharedLockedMemory(sys: Sys, size: number, pageSize: number, name: string): { vaddr: bigint; size: number; memfd: Fd } {
+  if (!Number.isSafeInteger(size) || size <= 0) throw usageError('EINVAL', `DMA buffer size ${size} is not a positive integer`);
+  const length = Math.ceil(size / pageSize) * pageSize;
+  return withUnwind((u) => {
+    const memfd = sys.memfdCreate(name, MFD_CLOEXEC);
+    u.defer(() => sys.close(memfd));
+    sys.ftruncate(memfd, BigInt(length));
+    const vaddr = sys.mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, memfd, 0n);
+    u.defer(() => sys.munmap(vaddr, length));
+    sys.mlock(vaddr, length);
+    return { vaddr, size: length, memfd };
   });
 }
 

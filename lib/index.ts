@@ -12,7 +12,7 @@ export { createVfio, Vfio, type VfioOptions, type ContainerOptions } from './con
 export { Container, type ContainerKernelState } from './container/container.js';
 export type { IommuInfo } from './container/backend.js';
 export { Device, type DeviceInfo, type DeviceResource } from './device.js';
-export { DmaBuffer, type DmaMapOptions } from './dma.js';
+export { DmaBuffer, type DmaMapOptions, type DmaAllocOptions } from './dma.js';
 export { ConfigSpace, Irqs, IrqSet, IrqVector, Region, IRQ_INDEX, CAP_ID, EXT_CAP_ID } from './device-io/index.js';
 export type {
   EnableOptions,
@@ -31,6 +31,22 @@ export type { VfioMode } from './mode.js';
 export { parsePciAddress, canonicalPciAddress, type PciAddress } from './pci-address.js';
 export type { PciDeviceDescription } from './sysfs.js';
 export { VfioError, type VfioErrorInit } from './libc/errors.js';
+export {
+  ShareServer,
+  connectPrimary,
+  Secondary,
+  lendToThread,
+  adoptFromThread,
+  ThreadLease,
+  ThreadBorrow,
+  PROTOCOL_VERSION as SHARE_PROTOCOL_VERSION,
+  type ShareServerOptions,
+  type ConnectOptions,
+  type ServedContainer,
+  type ServedBuffer,
+  type ThreadLeaseOptions,
+  type ThreadTicket,
+} from './share/index.js';
 export type { Sys, Fd } from './libc/sys.js';
 
 /**

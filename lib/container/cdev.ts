@@ -17,6 +17,12 @@
 //
 // Guarantees: `open` and `attach` leave nothing open after a failure;
 // `detach` and `close` run every step and throw the first error.
+//
+// A borrowed backend (`adopt`, for lib/share) holds an iommufd another process
+// or thread lent, with the id of its IOAS: the same open file, so the same
+// IOAS (ids are per iommufd file), where it maps and unmaps. It never changes
+// the setup: no bind or attach (devices come lent, already attached), no
+// detach (closing a lent device fd only drops this holder), no IOMMU_DESTROY.
 import { teardown, withUnwind, type Unwind } from '../cleanup.js';
 import { ioctl, openFile } from '../ioctl.js';
 import { closedError, usageError, VfioError } from '../libc/errors.js';
@@ -68,30 +74,48 @@ export class CdevBackend implements ContainerBackend {
     iommufd: Fd,
     ioasId: number,
     private readonly pageSize: number,
+    /** Lent by another process or thread (see `adopt`): use the setup, never change it. */
+    readonly borrowed = false,
   ) {
     this.iommufd = iommufd;
     this.ioasId = ioasId;
   }
 
   /**
-   * Opens /dev/iommu and allocates the container's IOAS.
-   * @throws VfioError any errno of open(2) or IOMMU_IOAS_ALLOC; nothing stays open.
+   * A borrowed backend on a lent iommufd whose IOAS `ioasId` the lender
+   * allocated. It owns `iommufd` from now on. Issues no system call.
    */
-  static open(sys: Sys, roots: Roots, pageSize: number): CdevBackend {
+  static adopt(sys: Sys, roots: Roots, pageSize: number, iommufd: Fd, ioasId: number): CdevBackend {
+    return new CdevBackend(sys, roots, iommufdNode(roots), iommufd, ioasId, pageSize, true);
+  }
+
+  /**
+   * Opens /dev/iommu and allocates the container's IOAS. With `iommufdOf`
+   * (the iommufd of another container) the IOAS is allocated in that same
+   * iommufd file instead, through a dup of it: one iommufd holding several
+   * IOAS, as DPDK does, whose ids are then unique across those containers.
+   * Each container destroys its own IOAS at close (IOMMU_DESTROY), since
+   * closing its fd alone frees nothing while another container holds the file.
+   * @throws VfioError any errno of open(2), fcntl or IOMMU_IOAS_ALLOC; nothing stays open.
+   */
+  static open(sys: Sys, roots: Roots, pageSize: number, iommufdOf?: Fd): CdevBackend {
     const node = iommufdNode(roots);
     return withUnwind((u) => {
-      const fd = openFile(sys, node, O_RDWR | O_CLOEXEC);
+      const fd = iommufdOf === undefined ? openFile(sys, node, O_RDWR | O_CLOEXEC) : sys.dup(iommufdOf);
       u.defer(() => sys.close(fd));
       const arg = codec.alloc(iommu_ioas_alloc, { size: iommu_ioas_alloc.size, flags: 0 });
       ioctl(sys, fd, 'IOMMU_IOAS_ALLOC', arg, { path: node });
-      // No destroy step needed on a later failure: closing the iommufd frees
-      // every object in it.
+      // No destroy step needed on a later failure: nothing can fail after
+      // the allocation.
       return new CdevBackend(sys, roots, node, fd, codec.get(iommu_ioas_alloc, arg, 'out_ioas_id'), pageSize);
     });
   }
 
   attach(desc: PciDeviceDescription): CdevDevice {
     const address = desc.address;
+    if (this.borrowed) {
+      throw usageError('ENOTSUP', 'a borrowed container cannot set devices up: the process that lent it assigns them', { device: address });
+    }
     if (desc.cdevNode === null || desc.iommuGroup === null) {
       throw usageError('ENODEV', 'the device has no VFIO cdev node', { device: address });
     }
@@ -124,25 +148,35 @@ export class CdevBackend implements ContainerBackend {
   }
 
   /**
-   * The kernel refuses the bind with EPERM when a driver owns DMA for another
-   * device of the group: say so with the same code and words as group mode's
-   * viability check (EBUSY), keeping the kernel's error as the cause.
+   * Two refusals of the bind mean "in use", and are said so with EBUSY (as
+   * group mode says it), keeping the kernel's error as the cause:
+   * - EPERM when a driver owns DMA for another device of the group: in the
+   *   same words as group mode's viability check.
+   * - EINVAL when the device is already open through another cdev file, in
+   *   this process or another (vfio_df_open: only the group path may open a
+   *   device twice). The argument here is well-formed and the file fresh, so
+   *   that is the one EINVAL left (seen on Linux 6.12 in the VM tier).
    */
   private explainBindFailure(err: unknown, desc: PciDeviceDescription): unknown {
-    if (!(err instanceof VfioError) || err.code !== 'EPERM') return err;
-    if (groupBlockers(this.roots, desc).length === 0) return err;
+    if (!(err instanceof VfioError)) return err;
+    let detail: string;
+    if (err.code === 'EPERM' && groupBlockers(this.roots, desc).length > 0) detail = notViableDetail(this.roots, desc);
+    else if (err.code === 'EINVAL') detail = 'the device is already open through another VFIO cdev file (in this or another process); cdev mode allows one open at a time';
+    else return err;
     return new VfioError({
       code: 'EBUSY',
       syscall: 'ioctl',
       request: 'VFIO_DEVICE_BIND_IOMMUFD',
       device: desc.address,
       path: desc.cdevNode ?? undefined,
-      detail: notViableDetail(this.roots, desc),
+      detail,
       cause: err,
     });
   }
 
   detach(dev: AttachedDevice): void {
+    // A lent device stays attached for its lender: drop our fd only.
+    if (this.borrowed) return this.sys.close(dev.fd);
     const node = (dev as CdevDevice).node;
     const ctx = { path: node, device: dev.address };
     teardown([
@@ -271,15 +305,35 @@ export class CdevBackend implements ContainerBackend {
     if (unmapped !== size) throw mismatch(unmapped);
   }
 
+  /**
+   * Unmaps whatever lies in [iova, iova + size) — any number of whole areas,
+   * or none — and returns how many bytes the kernel unmapped (lib/share:
+   * clearing an IOVA window a borrower may have left mappings in).
+   */
+  unmapRange(iova: bigint, size: bigint): bigint {
+    const arg = codec.alloc(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: this.ioasId, iova, length: size });
+    try {
+      ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_UNMAP', arg, { path: this.node });
+    } catch (err) {
+      // ENOENT: nothing mapped there.
+      if (err instanceof VfioError && err.code === 'ENOENT') return 0n;
+      throw err;
+    }
+    return codec.get(iommu_ioas_unmap, arg, 'length');
+  }
+
   close(): void {
     const fd = this.iommufd;
     const steps: (() => void)[] = [];
     if (fd !== -1) {
       this.iommufd = -1;
-      steps.push(() => {
-        const arg = codec.alloc(iommu_destroy, { size: iommu_destroy.size, id: this.ioasId });
-        ioctl(this.sys, fd, 'IOMMU_DESTROY', arg, { path: this.node });
-      });
+      // The lender's IOAS is its to destroy.
+      if (!this.borrowed) {
+        steps.push(() => {
+          const arg = codec.alloc(iommu_destroy, { size: iommu_destroy.size, id: this.ioasId });
+          ioctl(this.sys, fd, 'IOMMU_DESTROY', arg, { path: this.node });
+        });
+      }
       // Frees whatever the destroy did not.
       steps.push(() => this.sys.close(fd));
     }

@@ -28,10 +28,24 @@
 //   close (IOAS destroyed, iommufd / container fd closed), and last the DMA
 //   memory is unmapped from the process. Afterwards every call on the
 //   container, its devices and its buffers throws ECLOSED.
+// - Sharing (lib/share): a container can lend an assigned device to another
+//   process or thread (it cannot be opened here while lent) and reserve IOVA
+//   blocks for it (never handed out here until given back). The other side
+//   holds a borrowed container: the same kernel objects through its own fds,
+//   whose IOVAs come only from the blocks reserved for it, and which never
+//   changes the setup (no assign, no SET_IOMMU, no detach, no destroy).
 import { teardown, withUnwind, type Unwind } from '../cleanup.js';
-import { DmaBuffer, allocLockedMemory, physicalAddress, type DmaMapOptions, type DmaOwner } from '../dma.js';
+import {
+  DmaBuffer,
+  allocLockedMemory,
+  allocSharedLockedMemory,
+  physicalAddress,
+  type DmaAllocOptions,
+  type DmaMapOptions,
+  type DmaOwner,
+} from '../dma.js';
 import { Device, readDeviceInfo, type DeviceInfo } from '../device.js';
-import { IovaAllocator } from '../iova-allocator.js';
+import { IovaAllocator, type IovaRange } from '../iova-allocator.js';
 import { closedError, usageError, VfioError } from '../libc/errors.js';
 import type { Fd, Sys } from '../libc/sys.js';
 import type { ModeAvailability, VfioMode } from '../mode.js';
@@ -94,6 +108,22 @@ interface Mapping {
 interface DeviceSlot {
   readonly attached: AttachedDevice;
   handle: Device | null;
+  /** Who borrows the device (lib/share), or null while it is this container's to open. */
+  lentTo: string | null;
+  /** Borrowed containers: tells the lender when the Device is released. */
+  readonly onRelease: (() => void) | null;
+}
+
+/** A device lent to another process or thread (lib/share): what the borrower needs. */
+export interface LentDevice {
+  readonly address: string;
+  /** The device fd (the borrower receives its own copy). */
+  readonly fd: Fd;
+  readonly group: number;
+  /** cdev mode: the device's id in the iommufd; null in group modes. */
+  readonly devId: number | null;
+  /** The node the device was opened through (cdev node or group node), for messages. */
+  readonly path: string;
 }
 
 let nextContainerId = 1;
@@ -115,14 +145,23 @@ export class Container implements Disposable, DmaOwner {
   private readonly mappings = new Set<Mapping>();
   private readonly byBuffer = new Map<DmaBuffer, Mapping>();
   private readonly buffers = new Set<DmaBuffer>();
+  /** IOVA blocks reserved for borrowers (lib/share): iova -> size. */
+  private readonly reservations = new Map<bigint, bigint>();
+  /** Borrowed containers: the IOVA blocks the lender reserved for us, the only ones we allocate from. */
+  private readonly windows: IovaRange[] = [];
 
-  /** @internal Containers come from Vfio.createContainer / Vfio.defaultContainer. */
+  /**
+   * @internal Containers come from Vfio.createContainer / Vfio.defaultContainer;
+   * a borrowed one (lib/share) from Vfio.adoptContainer, with its backend.
+   */
   constructor(
     private readonly env: ContainerEnv,
     mode: VfioMode,
+    backend?: GroupBackend | CdevBackend,
   ) {
     this.mode = mode;
-    this.backend = mode === 'cdev' ? CdevBackend.open(env.sys, env.roots, env.pageSize) : GroupBackend.open(env.sys, env.roots, mode);
+    this.backend =
+      backend ?? (mode === 'cdev' ? CdevBackend.open(env.sys, env.roots, env.pageSize) : GroupBackend.open(env.sys, env.roots, mode));
     this.id = nextContainerId++;
     // Identity mode allocates nothing. Otherwise start from the whole space:
     // the IOMMU's ranges are read before the first allocation that finds the
@@ -130,6 +169,11 @@ export class Container implements Disposable, DmaOwner {
     // mappings are recorded and the kernel checks them when it joins).
     this.allocator =
       this.backend.dmaMode === 'identity' ? null : new IovaAllocator([{ start: 0n, last: (1n << 64n) - 1n }], BigInt(env.pageSize));
+    if (this.backend.borrowed && this.allocator !== null) {
+      // Nothing to allocate from until the lender reserves a window for us.
+      this.allocator = new IovaAllocator([], BigInt(env.pageSize));
+      this.rangesStale = false;
+    }
   }
 
   /** For messages: `container #2`. */
@@ -216,7 +260,7 @@ export class Container implements Disposable, DmaOwner {
         if (!wasLive && this.backend.iommuLive) this.replayMappings(u, device);
         this.rangesStale = true;
       }
-      this.slots.set(device, { attached, handle: null });
+      this.slots.set(device, { attached, handle: null, lentTo: null, onRelease: null });
       this.env.deviceOwners.set(device, this);
       this.env.groupOwners.set(attached.group, this);
     });
@@ -231,6 +275,7 @@ export class Container implements Disposable, DmaOwner {
     const slot = this.slots.get(address);
     if (slot === undefined) throw usageError('ENODEV', `not assigned to ${this.label}`, { device: address });
     if (slot.handle !== null) throw usageError('EEXIST', `already open in ${this.label}: release that Device first`, { device: address });
+    if (slot.lentTo !== null) throw usageError('EBUSY', `lent to ${slot.lentTo}: it is theirs to drive until they give it back`, { device: address });
     const handle = new Device(this.env.sys, this, address, slot.attached.fd, () => this.releaseDevice(address));
     slot.handle = handle;
     return handle;
@@ -276,7 +321,10 @@ export class Container implements Disposable, DmaOwner {
    * Allocates `size` bytes (rounded up to whole pages) of locked memory and
    * maps it for DMA: at `opts.iova`, or at an IOVA the container picks below
    * `opts.dmaLimit`. In identity (no-IOMMU) mode the IOVA is the buffer's
-   * physical address (reading it needs root).
+   * physical address (reading it needs root). `opts.shareable` backs it with
+   * a memfd, so that lib/share can hand it to another process or thread. In
+   * a borrowed container the IOVA comes from the windows the lender reserved
+   * for it (ENOSPC when none has room).
    * @throws VfioError EINVAL bad size or options, or an IOVA outside the
    *   IOMMU's ranges; EEXIST the IOVA overlaps a mapping; ENOSPC no IOVA room
    *   below the limit (identity mode: the physical address is above it);
@@ -286,11 +334,13 @@ export class Container implements Disposable, DmaOwner {
    *   container is closed; any errno of the map ioctl. Nothing is left
    *   allocated or mapped after a failure.
    */
-  allocDma(size: number, opts: DmaMapOptions = {}): DmaBuffer {
+  allocDma(size: number, opts: DmaAllocOptions = {}): DmaBuffer {
     this.checkOpen();
     this.checkMapOptions(opts);
-    const mem = allocLockedMemory(this.env.sys, size, this.env.pageSize);
-    const buf = new DmaBuffer(this.env.sys, this, mem.vaddr, mem.size);
+    const mem = opts.shareable
+      ? allocSharedLockedMemory(this.env.sys, size, this.env.pageSize, `vfio-dma ${this.label}`)
+      : { ...allocLockedMemory(this.env.sys, size, this.env.pageSize), memfd: -1 };
+    const buf = new DmaBuffer(this.env.sys, this, mem.vaddr, mem.size, mem.memfd);
     this.buffers.add(buf);
     try {
       this.mapBuffer(buf, opts);
@@ -484,7 +534,8 @@ export class Container implements Disposable, DmaOwner {
     const page = BigInt(this.env.pageSize);
     const granule = info.granule > page ? info.granule : page;
     const allocator = new IovaAllocator(info.ranges, granule);
-    allocator.setRanges(info.ranges, this.mappings);
+    const reserved = [...this.reservations].map(([iova, size]) => ({ iova, size }));
+    allocator.setRanges(info.ranges, [...this.mappings, ...reserved]);
     return allocator;
   }
 
@@ -551,6 +602,140 @@ export class Container implements Disposable, DmaOwner {
         if (this.backend.pruneDropsIommu()) this.suspendMappings();
       },
       () => this.backend.pruneGroups(),
+      () => slot.onRelease?.(),
     ]);
+  }
+
+  // --- sharing with other processes and threads (lib/share) ---------------
+
+  /** True for a container another process or thread lent (lib/share): it uses the lender's setup and never changes it. */
+  get borrowed(): boolean {
+    return this.backend.borrowed;
+  }
+
+  /** @internal What lib/share needs to build messages and adopt fds. */
+  get kernelEnv(): { readonly sys: Sys; readonly roots: Roots; readonly pageSize: number } {
+    return { sys: this.env.sys, roots: this.env.roots, pageSize: this.env.pageSize };
+  }
+
+  /**
+   * @internal Lends assigned device `address` to `borrower` (a name for
+   * messages). Until returnDevice, the device cannot be opened or lent here.
+   * @throws VfioError ENODEV not assigned to this container; EBUSY open here
+   *   or already lent; ECLOSED.
+   */
+  lendDevice(address: string, borrower: string): LentDevice {
+    this.checkOpen();
+    const slot = this.slots.get(address);
+    if (slot === undefined) throw usageError('ENODEV', `not assigned to ${this.label}`, { device: address });
+    if (slot.handle !== null) throw usageError('EBUSY', `open in ${this.label}: release that Device before lending it`, { device: address });
+    if (slot.lentTo !== null) throw usageError('EBUSY', `already lent to ${slot.lentTo}`, { device: address });
+    const a = slot.attached;
+    const b = this.backend;
+    const lent: LentDevice =
+      b instanceof CdevBackend
+        ? { address, fd: a.fd, group: a.group, devId: (a as CdevDevice).devId, path: (a as CdevDevice).node }
+        : { address, fd: a.fd, group: a.group, devId: null, path: b.groups.get(a.group)?.node ?? '' };
+    slot.lentTo = borrower;
+    return lent;
+  }
+
+  /** @internal The borrower gave device `address` back (a no-op when it is not lent). */
+  returnDevice(address: string): void {
+    const slot = this.slots.get(address);
+    if (slot !== undefined) slot.lentTo = null;
+  }
+
+  /**
+   * @internal Reserves `size` bytes of IOVA space for a borrower: never
+   * handed out here until releaseIova. Returns the block and the IOMMU
+   * granule the borrower must keep to.
+   * @throws VfioError ENOTSUP no-IOMMU mode (there are no IOVAs to share);
+   *   EINVAL group mode before the first device (no IOMMU yet), bad size or
+   *   alignment; ENOSPC no room below `dmaLimit`; ECLOSED; any errno of
+   *   reading the IOMMU's ranges.
+   */
+  reserveIova(size: bigint, opts: { readonly dmaLimit?: bigint; readonly align?: bigint } = {}): { iova: bigint; granule: bigint } {
+    this.checkOpen();
+    if (this.borrowed) throw usageError('ENOTSUP', `${this.label} is borrowed: IOVA space is reserved by its lender`);
+    const current = this.allocator;
+    if (current === null) throw usageError('ENOTSUP', `${this.label} is in no-IOMMU mode: DMA uses physical addresses, there is no IOVA space to reserve`);
+    if (!this.backend.iommuLive) throw usageError('EINVAL', `${this.label} has no IOMMU yet: assign a device first`);
+    return withUnwind((u) => {
+      const allocator = this.freshAllocator(current, u);
+      const iova = allocator.allocate(size, { align: opts.align, limit: opts.dmaLimit });
+      this.reservations.set(iova, size);
+      return { iova, granule: allocator.granule };
+    });
+  }
+
+  /**
+   * @internal Gives a reserved block back: first unmaps whatever a borrower
+   * left mapped in it (a borrower that died cannot), then frees it here.
+   * @throws VfioError any errno of the unmap (the block stays reserved).
+   */
+  releaseIova(iova: bigint): void {
+    const size = this.reservations.get(iova);
+    if (size === undefined) return;
+    if (this.state === 'open' && this.backend.iommuLive) this.backend.unmapRange(iova, size);
+    this.reservations.delete(iova);
+    this.allocator?.release(iova, size);
+  }
+
+  /**
+   * @internal Borrowed group-mode containers: a group the lender lent, with
+   * its fd (owned from now on; a duplicate of a known group is closed).
+   * @throws VfioError EINVAL not a borrowed group-mode container; ECLOSED.
+   */
+  adoptGroup(group: number, fd: Fd): void {
+    this.checkOpen();
+    if (!(this.backend instanceof GroupBackend) || !this.borrowed) {
+      throw usageError('EINVAL', `${this.label} is not a borrowed group-mode container`);
+    }
+    this.backend.adoptGroup(group, fd);
+  }
+
+  /**
+   * @internal Borrowed containers: a device the lender lent arrives (its fd,
+   * owned from now on). `onRelease` runs when its Device is released.
+   * @throws VfioError EINVAL not a borrowed container, or (group modes) its
+   *   group was not lent; EEXIST already here; EBUSY in another container of
+   *   this context; ECLOSED.
+   */
+  adoptDevice(attached: AttachedDevice | CdevDevice, onRelease: () => void): void {
+    this.checkOpen();
+    const device = attached.address;
+    if (!this.borrowed) throw usageError('EINVAL', `${this.label} is not borrowed: it sets its devices up itself`, { device });
+    const owner = this.env.deviceOwners.get(device);
+    if (owner === this) throw usageError('EEXIST', `already in ${this.label}`, { device });
+    if (owner !== undefined) throw usageError('EBUSY', `in ${owner.label}, not ${this.label}`, { device });
+    if (this.backend instanceof GroupBackend) this.backend.adoptDevice(device, attached.group);
+    this.slots.set(device, { attached, handle: null, lentTo: null, onRelease });
+    this.env.deviceOwners.set(device, this);
+    this.env.groupOwners.set(attached.group, this);
+  }
+
+  /**
+   * @internal Borrowed containers: an IOVA block the lender reserved for us
+   * (aligned to `granule`, the IOMMU's); allocDma allocates only inside these.
+   */
+  addIovaWindow(range: IovaRange, granule: bigint): void {
+    this.checkOpen();
+    if (!this.borrowed || this.allocator === null) throw usageError('EINVAL', `${this.label} takes no IOVA windows`);
+    this.windows.push(range);
+    const g = granule > this.allocator.granule ? granule : this.allocator.granule;
+    const allocator = new IovaAllocator(this.windows, g);
+    allocator.setRanges(this.windows, this.mappings);
+    this.allocator = allocator;
+  }
+
+  /** @internal True when `buf` was allocated by this container and not freed. */
+  ownsBuffer(buf: DmaBuffer): boolean {
+    return this.buffers.has(buf);
+  }
+
+  /** The IOVA windows a borrowed container allocates from (empty otherwise). */
+  get iovaWindows(): readonly IovaRange[] {
+    return [...this.windows];
   }
 }

@@ -19,12 +19,18 @@
 // Guarantees: `attach` opens nothing that outlives a failure; `detach`,
 // `pruneGroups` and `close` run every step even when one fails (close(2)
 // releases the fd even when it reports an error) and throw the first error.
+//
+// A borrowed backend (`adopt`, for lib/share) holds fds another process or
+// thread set up and lent: the same open files, so it maps and unmaps in the
+// same Type1 IOMMU (the IOMMU type is already set: VFIO_SET_IOMMU is never
+// issued again), but it never changes the setup: no group joins or leaves
+// (no SET_CONTAINER / UNSET_CONTAINER), and closing it only closes its fds.
 import { teardown, withUnwind, type Unwind } from '../cleanup.js';
 import { ioctl, ioctlInt, openFile } from '../ioctl.js';
 import { usageError, VfioError } from '../libc/errors.js';
 import { O_CLOEXEC, O_RDWR, type Fd, type Sys } from '../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
-import { vfioContainerNode, type Roots } from '../paths.js';
+import { vfioContainerNode, vfioGroupNode, type Roots } from '../paths.js';
 import { notViableDetail, type PciDeviceDescription } from '../sysfs.js';
 import * as codec from '../uapi/codec.js';
 import {
@@ -82,10 +88,43 @@ export class GroupBackend implements ContainerBackend {
     private readonly node: string,
     containerFd: Fd,
     iommuType: number,
+    /** Lent by another process or thread (see `adopt`): use the setup, never change it. */
+    readonly borrowed = false,
   ) {
     this.containerFd = containerFd;
     this.iommuType = iommuType;
     this.dmaMode = mode === 'noiommu' ? 'identity' : 'iommu';
+    this.iommuSet = borrowed;
+  }
+
+  /**
+   * A borrowed backend on a container fd whose IOMMU type `iommuType` the
+   * lender already set. It owns `containerFd` from now on (and each group fd
+   * given to `adoptGroup`). Issues no system call.
+   */
+  static adopt(sys: Sys, roots: Roots, mode: 'group' | 'noiommu', containerFd: Fd, iommuType: number): GroupBackend {
+    return new GroupBackend(sys, roots, mode, vfioContainerNode(roots), containerFd, iommuType, true);
+  }
+
+  /**
+   * Borrowed backends: records lent group `group` with its fd (owned from
+   * now on). A group already known keeps its fd; the duplicate is closed.
+   */
+  adoptGroup(group: number, fd: Fd): void {
+    if (!this.borrowed) throw usageError('EINVAL', 'only a borrowed container adopts groups');
+    if (this.groups.has(group)) {
+      this.sys.close(fd);
+      return;
+    }
+    const node = vfioGroupNode(this.roots, group, this.mode === 'noiommu');
+    this.groups.set(group, { group, fd, node, devices: new Set() });
+  }
+
+  /** Borrowed backends: records a lent device fd as open through its (adopted) group. */
+  adoptDevice(address: string, group: number): void {
+    const member = this.groups.get(group);
+    if (member === undefined) throw usageError('EINVAL', `IOMMU group ${group} was not lent with the container`, { device: address });
+    member.devices.add(address);
   }
 
   /**
@@ -128,6 +167,9 @@ export class GroupBackend implements ContainerBackend {
 
   attach(desc: PciDeviceDescription): AttachedDevice {
     const address = desc.address;
+    if (this.borrowed) {
+      throw usageError('ENOTSUP', 'a borrowed container cannot set devices up: the process that lent it assigns them', { device: address });
+    }
     if (desc.iommuGroup === null || desc.groupNode === null) {
       throw usageError('ENODEV', 'the device has no VFIO group node', { device: address });
     }
@@ -184,19 +226,31 @@ export class GroupBackend implements ContainerBackend {
   }
 
   pruneDropsIommu(): boolean {
-    if (this.groups.size === 0) return false;
+    if (this.borrowed || this.groups.size === 0) return false;
     for (const m of this.groups.values()) if (m.devices.size > 0) return false;
     return true;
   }
 
   pruneGroups(): void {
+    // The lender's groups stay in its container; close() closes our fds.
+    if (this.borrowed) return;
     const steps: (() => void)[] = [];
     for (const m of [...this.groups.values()]) {
       if (m.devices.size > 0) continue;
       const ctx = { path: m.node };
       // UNSET first so that an error there is reported; close(2) of the group
       // fd would unset it too, so the group is gone either way.
-      steps.push(() => ioctlInt(this.sys, m.fd, 'VFIO_GROUP_UNSET_CONTAINER', 0, ctx));
+      steps.push(() => {
+        try {
+          ioctlInt(this.sys, m.fd, 'VFIO_GROUP_UNSET_CONTAINER', 0, ctx);
+        } catch (err) {
+          // EINVAL: the group is in no container any more. The kernel takes a
+          // group out itself once its last device left vfio-pci (an unbind,
+          // which waits for the release, e.g. after the REQ notifier asked
+          // for the device): what this step wanted is done.
+          if (!(err instanceof VfioError && err.code === 'EINVAL')) throw err;
+        }
+      });
       steps.push(() => {
         this.groups.delete(m.group);
         if (this.groups.size === 0) this.iommuSet = false;
@@ -273,11 +327,36 @@ export class GroupBackend implements ContainerBackend {
     }
   }
 
+  /**
+   * Unmaps whatever lies in [iova, iova + size) — any number of whole
+   * mappings, or none — and returns how many bytes the kernel unmapped
+   * (lib/share: clearing an IOVA window a borrower may have left mappings in).
+   */
+  unmapRange(iova: bigint, size: bigint): bigint {
+    const arg = codec.alloc(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, flags: 0, iova, size });
+    ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_UNMAP_DMA', arg, { path: this.node });
+    return codec.get(vfio_iommu_type1_dma_unmap, arg, 'size');
+  }
+
   close(): void {
+    const steps: (() => void)[] = [];
+    if (this.borrowed) {
+      // Our copies of the lender's group fds; the groups stay where they are.
+      for (const m of [...this.groups.values()]) {
+        steps.push(() => {
+          this.groups.delete(m.group);
+          this.sys.close(m.fd);
+        });
+      }
+    }
     const fd = this.containerFd;
-    if (fd === -1) return;
-    this.containerFd = -1;
-    this.iommuSet = false;
-    this.sys.close(fd);
+    if (fd !== -1) {
+      steps.push(() => {
+        this.containerFd = -1;
+        this.iommuSet = false;
+        this.sys.close(fd);
+      });
+    }
+    teardown(steps);
   }
 }

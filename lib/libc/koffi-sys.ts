@@ -11,7 +11,7 @@
 //   read/write family, ioctl, poll with the remaining timeout); never for close.
 import koffi from 'koffi';
 import { sysError } from './errors.js';
-import type { PollFd, Sys } from './sys.js';
+import { AF_UNIX, SCM_MAX_FD, UNIX_PATH_MAX, type Fd, type PollFd, type RecvResult, type Sys } from './sys.js';
 
 const EINTR = 4;
 const SC_PAGESIZE = 30;
@@ -42,6 +42,14 @@ const c = {
   eventfd: libc.func('int eventfd(unsigned int initval, int flags)'),
   memfdCreate: libc.func('int memfd_create(const char *name, unsigned int flags)'),
   poll: libc.func('int poll(void *fds, unsigned long nfds, int timeout)'),
+  fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
+  socket: libc.func('int socket(int domain, int type, int protocol)'),
+  bind: libc.func('int bind(int fd, const void *addr, uint32_t addrlen)'),
+  listen: libc.func('int listen(int fd, int backlog)'),
+  accept4: libc.func('int accept4(int fd, void *addr, void *addrlen, int flags)'),
+  connect: libc.func('int connect(int fd, const void *addr, uint32_t addrlen)'),
+  sendmsg: libc.func('intptr_t sendmsg(int fd, void *msg, int flags)'),
+  recvmsg: libc.func('intptr_t recvmsg(int fd, void *msg, int flags)'),
   sysconf: libc.func('long sysconf(int name)'),
   getuid: libc.func('unsigned int getuid()'),
 };
@@ -70,6 +78,69 @@ function decodeRevents(buf: Buffer, n: number): number[] {
   const out: number[] = [];
   for (let i = 0; i < n; i++) out.push(buf.readUInt16LE(8 * i + 6));
   return out;
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+const SOL_SOCKET = 1;
+const SCM_RIGHTS = 1;
+
+/** struct sockaddr_un for `path`: sun_family, then the NUL-terminated path (110 bytes). */
+function sockaddrUn(syscall: string, path: string): Buffer {
+  const bytes = Buffer.from(path);
+  if (bytes.length === 0 || bytes.length > UNIX_PATH_MAX || bytes.includes(0)) {
+    throw sysError(syscall, bytes.length > UNIX_PATH_MAX ? 'ENAMETOOLONG' : 'EINVAL', { path });
+  }
+  const addr = Buffer.alloc(110);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  bytes.copy(addr, 2);
+  return addr;
+}
+
+// struct msghdr, iovec and cmsghdr on x86-64/arm64 (LP64):
+//   msghdr { void *name; u32 namelen (+4); iovec *iov; size_t iovlen;
+//            void *control; size_t controllen; int flags (+4) }   56 bytes
+//   iovec  { void *base; size_t len }                              16 bytes
+//   cmsghdr { size_t len; int level; int type; data[] }            16 + data
+const MSGHDR = { iov: 16, iovlen: 24, control: 32, controllen: 40, flags: 48, size: 56 };
+const CMSG_HDR = 16;
+const cmsgSpace = (dataBytes: number): number => CMSG_HDR + Math.ceil(dataBytes / 8) * 8;
+
+/**
+ * Runs `body` with `length` bytes of native memory at a stable address
+ * (msghdr holds pointers, so its parts cannot be JS buffers that may move).
+ */
+function withNative<T>(length: number, body: (addr: bigint, bytes: Buffer) => T): T {
+  const mem = koffi.alloc('uint8_t', length);
+  try {
+    const addr = koffi.address(mem);
+    // SAFETY: [addr, addr + length) is ours until koffi.free below; the view
+    // is only used inside `body`.
+    const bytes = Buffer.from(koffi.view(addr, length));
+    bytes.fill(0);
+    return body(addr, bytes);
+  } finally {
+    koffi.free(mem);
+  }
+}
+
+/** Lays out msghdr + iovec + control + data in `bytes` (at `addr`); returns the offsets. */
+function layoutMsg(addr: bigint, bytes: Buffer, dataLength: number, controlLength: number): { control: number; data: number } {
+  const iov = MSGHDR.size;
+  const control = iov + 16;
+  const data = control + controlLength;
+  bytes.writeBigUInt64LE(addr + BigInt(iov), MSGHDR.iov);
+  bytes.writeBigUInt64LE(1n, MSGHDR.iovlen);
+  if (controlLength > 0) {
+    bytes.writeBigUInt64LE(addr + BigInt(control), MSGHDR.control);
+    bytes.writeBigUInt64LE(BigInt(controlLength), MSGHDR.controllen);
+  }
+  bytes.writeBigUInt64LE(addr + BigInt(data), iov);
+  bytes.writeBigUInt64LE(BigInt(dataLength), iov + 8);
+  return { control, data };
+}
+
+function checkFdCount(syscall: string, n: number): void {
+  if (!Number.isSafeInteger(n) || n < 0 || n > SCM_MAX_FD) throw sysError(syscall, 'EINVAL', { detail: `${n} fds (at most ${SCM_MAX_FD})` });
 }
 
 function checkLength(syscall: string, length: number): void {
@@ -178,6 +249,75 @@ export const koffiSys: Sys = {
         });
       };
       attempt();
+    });
+  },
+
+  dup(fd) {
+    return retrying('fcntl', undefined, () => c.fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  },
+
+  socket(domain, type, protocol) {
+    return retrying('socket', undefined, () => c.socket(domain, type, protocol));
+  },
+
+  bind(fd, path) {
+    const addr = sockaddrUn('bind', path);
+    if (c.bind(fd, addr, addr.length) < 0) throw sysError('bind', koffi.errno(), { path });
+  },
+
+  listen(fd, backlog) {
+    if (c.listen(fd, backlog) < 0) throw sysError('listen', koffi.errno());
+  },
+
+  accept(fd, flags) {
+    return retrying('accept4', undefined, () => c.accept4(fd, null, null, flags));
+  },
+
+  connect(fd, path) {
+    const addr = sockaddrUn('connect', path);
+    // Not retried: after EINTR the connection proceeds on its own.
+    if (c.connect(fd, addr, addr.length) < 0) throw sysError('connect', koffi.errno(), { path });
+  },
+
+  sendmsg(fd, data, fds, flags) {
+    checkFdCount('sendmsg', fds.length);
+    const controlLength = fds.length === 0 ? 0 : cmsgSpace(4 * fds.length);
+    return withNative(MSGHDR.size + 16 + controlLength + data.byteLength, (addr, bytes) => {
+      const at = layoutMsg(addr, bytes, data.byteLength, controlLength);
+      if (fds.length > 0) {
+        bytes.writeBigUInt64LE(BigInt(CMSG_HDR + 4 * fds.length), at.control);
+        bytes.writeInt32LE(SOL_SOCKET, at.control + 8);
+        bytes.writeInt32LE(SCM_RIGHTS, at.control + 12);
+        fds.forEach((f, i) => bytes.writeInt32LE(f, at.control + CMSG_HDR + 4 * i));
+      }
+      bytes.set(data, at.data);
+      return retrying('sendmsg', undefined, () => c.sendmsg(fd, addr, flags));
+    });
+  },
+
+  recvmsg(fd, buf, maxFds, flags): RecvResult {
+    checkFdCount('recvmsg', maxFds);
+    const controlLength = maxFds === 0 ? 0 : cmsgSpace(4 * maxFds);
+    return withNative(MSGHDR.size + 16 + controlLength + buf.byteLength, (addr, bytes) => {
+      const at = layoutMsg(addr, bytes, buf.byteLength, controlLength);
+      // Room for exactly maxFds: the kernel counts fds in msg_controllen, and
+      // CMSG_SPACE's padding would fit one more when maxFds is odd.
+      if (maxFds > 0) bytes.writeBigUInt64LE(BigInt(CMSG_HDR + 4 * maxFds), MSGHDR.controllen);
+      const n = retrying('recvmsg', undefined, () => c.recvmsg(fd, addr, flags));
+      const received: Fd[] = [];
+      // Walk the control messages the kernel wrote (msg_controllen is what it used).
+      const used = Number(bytes.readBigUInt64LE(MSGHDR.controllen));
+      let off = 0;
+      while (controlLength > 0 && off + CMSG_HDR <= used) {
+        const len = Number(bytes.readBigUInt64LE(at.control + off));
+        if (len < CMSG_HDR || off + len > used) break;
+        if (bytes.readInt32LE(at.control + off + 8) === SOL_SOCKET && bytes.readInt32LE(at.control + off + 12) === SCM_RIGHTS) {
+          for (let p = CMSG_HDR; p + 4 <= len; p += 4) received.push(bytes.readInt32LE(at.control + off + p));
+        }
+        off += cmsgSpace(len - CMSG_HDR);
+      }
+      buf.set(bytes.subarray(at.data, at.data + n));
+      return { bytes: n, fds: received, flags: bytes.readInt32LE(MSGHDR.flags) };
     });
   },
 

@@ -45,12 +45,38 @@ export const POLLERR = 0x008;
 export const POLLHUP = 0x010;
 export const POLLNVAL = 0x020;
 
+// Sockets: only what lib/share needs to hand fds to another process (AF_UNIX,
+// SOCK_SEQPACKET: one sendmsg is one recvmsg, boundaries kept, SCM_RIGHTS).
+export const AF_UNIX = 1;
+export const SOCK_SEQPACKET = 5;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const MSG_CTRUNC = 0x8;
+export const MSG_TRUNC = 0x20;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+/** Most fds one SCM_RIGHTS message may carry (the kernel's SCM_MAX_FD). */
+export const SCM_MAX_FD = 253;
+/** Longest AF_UNIX path in bytes (sun_path is 108 bytes with its NUL). */
+export const UNIX_PATH_MAX = 107;
+
 /** A file descriptor. 0 is a valid fd: "no fd" is always -1 or null, never 0. */
 export type Fd = number;
 
 export interface PollFd {
   fd: Fd;
   events: number;
+}
+
+/** What recvmsg(2) received: the data length, the fds of SCM_RIGHTS, and msg_flags. */
+export interface RecvResult {
+  /** Bytes copied into the caller's buffer; 0 means the peer closed (end of file). */
+  readonly bytes: number;
+  /** Received descriptors, now open in this process (the caller owns them). */
+  readonly fds: readonly Fd[];
+  /** msg_flags: MSG_TRUNC (data cut), MSG_CTRUNC (fds dropped for lack of room). */
+  readonly flags: number;
 }
 
 export interface Sys {
@@ -96,6 +122,28 @@ export interface Sys {
    * call and add a stop eventfd to end it.
    */
   pollAsync(fds: readonly PollFd[], timeoutMs: number): Promise<number[]>;
+
+  /** fcntl(fd, F_DUPFD_CLOEXEC, 0): a new fd (lowest free) for the same open file. */
+  dup(fd: Fd): Fd;
+
+  /** socket(2). */
+  socket(domain: number, type: number, protocol: number): Fd;
+  /** bind(2) of an AF_UNIX socket to the filesystem path `path` (ENAMETOOLONG past UNIX_PATH_MAX bytes). */
+  bind(fd: Fd, path: string): void;
+  /** listen(2). */
+  listen(fd: Fd, backlog: number): void;
+  /** accept4(2) without the peer address; `flags`: SOCK_NONBLOCK, SOCK_CLOEXEC. */
+  accept(fd: Fd, flags: number): Fd;
+  /** connect(2) of an AF_UNIX socket to the filesystem path `path`. Not retried on EINTR. */
+  connect(fd: Fd, path: string): void;
+  /**
+   * sendmsg(2): `data` as one message, with `fds` (at most SCM_MAX_FD) as
+   * SCM_RIGHTS when not empty. The receiver gets its own descriptors for the
+   * same open files; the sender's stay open. Returns the bytes sent.
+   */
+  sendmsg(fd: Fd, data: Uint8Array, fds: readonly Fd[], flags: number): number;
+  /** recvmsg(2) into `buf`, with room for `maxFds` SCM_RIGHTS descriptors. */
+  recvmsg(fd: Fd, buf: Uint8Array, maxFds: number, flags: number): RecvResult;
 
   /** sysconf(_SC_PAGESIZE). */
   pageSize(): number;

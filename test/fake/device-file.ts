@@ -128,6 +128,7 @@ export class DeviceFile extends FakeFile {
         this.groupFile.unuseContainer();
       }
       this.device.openCount--;
+      this.host.deviceReleased(this.device);
       return;
     }
     this.unbind();
@@ -147,6 +148,7 @@ export class DeviceFile extends FakeFile {
     this.group.cdevDeviceOpenCnt--;
     this.binding = null;
     this.accessGranted = false;
+    this.host.deviceReleased(this.device);
   }
 
   override ioctl(request: number, arg: IoctlArg): number {

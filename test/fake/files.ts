@@ -7,7 +7,7 @@ import { fail } from './errors.js';
 import type { Backing } from './memory.js';
 import type { UserMemory } from './uaccess.js';
 
-export type FileKind = 'container' | 'group' | 'device' | 'iommufd' | 'eventfd' | 'memfd' | 'pagemap';
+export type FileKind = 'container' | 'group' | 'device' | 'iommufd' | 'eventfd' | 'memfd' | 'pagemap' | 'socket';
 
 /** poll's answer for files without a poll operation (DEFAULT_POLLMASK). */
 export const DEFAULT_POLLMASK = 0x001 | 0x004 | 0x040 | 0x100;

@@ -30,6 +30,7 @@ import { AddressSpace, PAGE_SIZE, PhysicalMemory } from './memory.js';
 import { PagemapFile } from './pagemap.js';
 import type { PciDeviceDescription } from './pci-spec.js';
 import { FakeSys, type SysMethod, type SyscallRecord } from './sys.js';
+import { UnixNamespace } from './socket.js';
 import type { VfioHost } from './vfio-host.js';
 
 export interface FakeKernelOptions {
@@ -129,6 +130,8 @@ export class FakeKernel implements KernelCore, VfioHost {
   readonly fds: FdTable;
   readonly pciDevices = new Map<string, FakePciDevice>();
   readonly cdevBindings = new Map<FakePciDevice, DeviceFile>();
+  /** Bound AF_UNIX socket paths (test/fake/socket.ts). */
+  readonly unixNamespace = new UnixNamespace();
   /** The fake's kernel log: why each refused call was refused, and what devices did. */
   readonly kernelLog: string[] = [];
   /** Every counted call, when the `log` option is on. */
@@ -142,6 +145,10 @@ export class FakeKernel implements KernelCore, VfioHost {
   private readonly logging: boolean;
   private readonly iommuGroups = new Map<number, IommuGroup>();
   private readonly vfioGroups = new Map<FakePciDevice, VfioGroup>();
+  /** Devices whose unbind from vfio-pci waits for their release (unbindFromVfio). */
+  private readonly unbindPending = new Set<FakePciDevice>();
+  /** Devices vfio-pci let go of. */
+  private readonly unboundFromVfio = new Set<FakePciDevice>();
   private readonly nodes = new Map<string, (accessMode: number) => FakeFile>();
   private readonly trees: Trees;
   private readonly pending = new Set<() => void>();
@@ -497,6 +504,43 @@ export class FakeKernel implements KernelCore, VfioHost {
   raiseIrq(address: string, kind: IrqKind, vector = 0): boolean {
     const d = this.deviceAt(address);
     return kind === 'intx' ? d.pulseIntx() : d.raise(kind, vector);
+  }
+
+  /**
+   * `echo ADDR > /sys/bus/pci/drivers/vfio-pci/unbind`. While the device is
+   * open the kernel signals its REQ eventfd (if set) and waits for the
+   * release (vfio_unregister_group_dev); the rest happens at the last close,
+   * inside that close(2): the sysfs driver links go, and when it was the last
+   * device of its VFIO group the kernel takes the group out of its container
+   * (vfio_device_remove_group), so a later VFIO_GROUP_UNSET_CONTAINER on a
+   * still-open group fd answers EINVAL, as Linux 6.12 does (seen in the VM
+   * tier). Not modelled: the group and cdev nodes in /dev stay.
+   * Returns true when done at once (the device was not open).
+   */
+  unbindFromVfio(address: string): boolean {
+    const d = this.deviceAt(address);
+    if (d.vfioIndex === null || this.unboundFromVfio.has(d)) throw new RangeError(`${address} is not bound to a VFIO driver`);
+    if (d.openCount === 0) {
+      this.finishUnbind(d);
+      return true;
+    }
+    this.unbindPending.add(d);
+    d.raise('req', 0);
+    return false;
+  }
+
+  deviceReleased(dev: FakePciDevice): void {
+    if (dev.openCount === 0 && this.unbindPending.delete(dev)) this.finishUnbind(dev);
+  }
+
+  private finishUnbind(d: FakePciDevice): void {
+    this.unboundFromVfio.add(d);
+    const dir = resolve(this.sysfsRoot, 'bus', 'pci', 'devices', d.address);
+    rmSync(resolve(dir, 'driver'), { force: true });
+    if (d.desc.driver !== null) rmSync(resolve(this.sysfsRoot, 'bus', 'pci', 'drivers', d.desc.driver, d.address), { force: true });
+    const vg = this.vfioGroups.get(d);
+    if (vg !== undefined && vg.container !== null && vg.devices.every((x) => this.unboundFromVfio.has(x))) vg.container.detachGroup(vg);
+    this.dmesg(`vfio-pci ${d.address}: unbound`);
   }
 
   device(address: string): FakeDeviceHandle {

@@ -4,6 +4,14 @@
 // code; path for open), with nothing that would let the library tell them apart.
 import { sysError, VfioError } from '../../lib/libc/errors.js';
 import {
+  AF_UNIX,
+  MSG_CMSG_CLOEXEC,
+  MSG_DONTWAIT,
+  MSG_NOSIGNAL,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_SEQPACKET,
+  type RecvResult,
   EFD_CLOEXEC,
   EFD_NONBLOCK,
   EFD_SEMAPHORE,
@@ -29,6 +37,7 @@ import { errnoNumber, fail, KernelError } from './errors.js';
 import type { FakeFile, IoctlArg, MmapTarget } from './files.js';
 import type { FakeKernel } from './kernel.js';
 import { MemfdFile } from './memfd.js';
+import { UnixSocketFile } from './socket.js';
 import { AddressSpace, Backing, PAGE_SIZE, USER_END } from './memory.js';
 import { ArgMemory, PointerMemory } from './uaccess.js';
 
@@ -50,7 +59,15 @@ export type SysMethod =
   | 'eventfd'
   | 'memfdCreate'
   | 'poll'
-  | 'pollAsync';
+  | 'pollAsync'
+  | 'dup'
+  | 'socket'
+  | 'bind'
+  | 'listen'
+  | 'accept'
+  | 'connect'
+  | 'sendmsg'
+  | 'recvmsg';
 
 const KERNEL_NAME: Record<SysMethod, string> = {
   open: 'open',
@@ -70,6 +87,14 @@ const KERNEL_NAME: Record<SysMethod, string> = {
   memfdCreate: 'memfd_create',
   poll: 'poll',
   pollAsync: 'poll',
+  dup: 'fcntl',
+  socket: 'socket',
+  bind: 'bind',
+  listen: 'listen',
+  accept: 'accept4',
+  connect: 'connect',
+  sendmsg: 'sendmsg',
+  recvmsg: 'recvmsg',
 };
 
 /** One counted call, as the log records it and fault rules see it. */
@@ -386,6 +411,73 @@ export class FakeSys implements Sys {
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  dup(fd: Fd): Fd {
+    return this.enter('dup', { fd, ...this.fileInfo(fd) }, () => {
+      const f = this.k.fds.get(fd);
+      this.k.fds.reserve();
+      return this.k.fds.install(f.get());
+    });
+  }
+
+  private socketOf(fd: Fd): UnixSocketFile {
+    const f = this.k.fds.get(fd);
+    if (!(f instanceof UnixSocketFile)) fail('ENOTSOCK', `fd ${fd} is a ${f.kind} file, not a socket`);
+    return f;
+  }
+
+  socket(domain: number, type: number, protocol: number): Fd {
+    return this.enter('socket', {}, () => {
+      if (domain !== AF_UNIX) fail('EAFNOSUPPORT', 'the fake models AF_UNIX sockets only');
+      const base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (base !== SOCK_SEQPACKET) fail('ESOCKTNOSUPPORT', 'the fake models SOCK_SEQPACKET only');
+      if (protocol !== 0) fail('EPROTONOSUPPORT', 'AF_UNIX takes protocol 0');
+      this.k.fds.reserve();
+      return this.k.fds.install(new UnixSocketFile((type & SOCK_NONBLOCK) !== 0));
+    });
+  }
+
+  bind(fd: Fd, path: string): void {
+    const resolved = this.k.resolvePath(path);
+    this.enter('bind', { fd, path: resolved, kind: 'socket' }, () => this.k.unixNamespace.bind(this.socketOf(fd), resolved));
+  }
+
+  listen(fd: Fd, backlog: number): void {
+    this.enter('listen', { fd, ...this.fileInfo(fd) }, () => this.socketOf(fd).listen(backlog));
+  }
+
+  accept(fd: Fd, flags: number): Fd {
+    return this.enter('accept', { fd, ...this.fileInfo(fd) }, () => {
+      if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) fail('EINVAL', 'unknown accept4 flags');
+      const listener = this.socketOf(fd);
+      this.k.fds.reserve();
+      const conn = listener.accept();
+      conn.nonblock = (flags & SOCK_NONBLOCK) !== 0;
+      return this.k.fds.install(conn);
+    });
+  }
+
+  connect(fd: Fd, path: string): void {
+    const resolved = this.k.resolvePath(path);
+    this.enter('connect', { fd, path: resolved, kind: 'socket' }, () => this.k.unixNamespace.connect(this.socketOf(fd), resolved));
+  }
+
+  sendmsg(fd: Fd, data: Uint8Array, fds: readonly Fd[], flags: number): number {
+    return this.enter('sendmsg', { fd, ...this.fileInfo(fd) }, () => {
+      if (flags & ~(MSG_NOSIGNAL | MSG_DONTWAIT)) fail('EOPNOTSUPP', 'sendmsg flags the fake does not model');
+      const sock = this.socketOf(fd);
+      const files = fds.map((f) => this.k.fds.get(f));
+      return sock.send(data, files);
+    });
+  }
+
+  recvmsg(fd: Fd, buf: Uint8Array, maxFds: number, flags: number): RecvResult {
+    return this.enter('recvmsg', { fd, ...this.fileInfo(fd) }, () => {
+      if (flags & ~(MSG_CMSG_CLOEXEC | MSG_DONTWAIT)) fail('EOPNOTSUPP', 'recvmsg flags the fake does not model');
+      if (!Number.isSafeInteger(maxFds) || maxFds < 0) fail('EINVAL', 'bad fd room');
+      return this.socketOf(fd).receive(buf, maxFds, this.k.fds, (flags & MSG_DONTWAIT) !== 0);
+    });
   }
 
   pageSize(): number {

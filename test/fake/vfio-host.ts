@@ -11,4 +11,6 @@ export interface VfioHost extends DeviceHost {
   iommuGroupOf(dev: FakePciDevice): IommuGroup | null;
   /** Device files that bound their device through BIND_IOMMUFD. */
   readonly cdevBindings: Map<FakePciDevice, DeviceFile>;
+  /** A device file let go of its device (open_count dropped): a pending unbind may finish. */
+  deviceReleased(dev: FakePciDevice): void;
 }

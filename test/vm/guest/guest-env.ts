@@ -1,14 +1,30 @@
 // What the VM tier tells a guest test (set by test/vm/init): the VFIO mode
-// this boot was made for and the PCI address of the edu device bound to
-// vfio-pci.
+// this boot was made for and the PCI addresses of its devices (see run.sh
+// for the machine).
 
 export type VmMode = 'group' | 'cdev' | 'noiommu';
 const MODES: readonly string[] = ['group', 'cdev', 'noiommu'];
 
 export interface GuestEnv {
   readonly mode: VmMode;
-  /** PCI address of edu, e.g. `0000:00:03.0`. */
+  /** PCI address of the main edu, on the root bus (e.g. `0000:00:01.0`), bound to vfio-pci. */
   readonly edu: string;
+  /**
+   * The second edu, behind a conventional PCI bridge, bound to vfio-pci. With
+   * an IOMMU its group also holds `rng`, so the group is not viable; in
+   * no-IOMMU mode every device has a group of its own.
+   */
+  readonly edu2: string;
+  /** A virtio-rng behind the same bridge, bound to the host driver virtio-pci. */
+  readonly rng: string;
+}
+
+const PCI_ADDRESS = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+
+function address(name: string): string {
+  const value = process.env[name];
+  if (value === undefined || !PCI_ADDRESS.test(value)) throw new Error(`${name}=${value}: expected a PCI address`);
+  return value;
 }
 
 /**
@@ -20,9 +36,5 @@ export function guestEnv(): GuestEnv | null {
   const mode = process.env.VFIO_MODE;
   if (mode === undefined) return null;
   if (!MODES.includes(mode)) throw new Error(`VFIO_MODE=${mode}: expected one of ${MODES.join(', ')}`);
-  const edu = process.env.VFIO_VM_EDU;
-  if (edu === undefined || !/^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/.test(edu)) {
-    throw new Error(`VFIO_VM_EDU=${edu}: expected the PCI address of edu`);
-  }
-  return { mode: mode as VmMode, edu };
+  return { mode: mode as VmMode, edu: address('VFIO_VM_EDU'), edu2: address('VFIO_VM_EDU2'), rng: address('VFIO_VM_RNG') };
 }

@@ -1,9 +1,10 @@
 // The real kernel's VFIO stack as each mode presents it, before the library
 // is involved: edu is bound to vfio-pci, the mode's /dev nodes exist, and the
 // raw ioctls the library's containers will start with answer as documented.
-// When this file fails, the VM setup (kernel config, boot line, binding) is
-// wrong, not the library.
-import t, { type Test } from 'tap';
+// When these fail, the VM setup (kernel config, boot line, binding) is wrong,
+// not the library. Not a test file of its own (each file costs ~5 s of
+// loading tap per mode under TCG): api-device.test.ts runs these first.
+import type { Test } from 'tap';
 import { existsSync, readlinkSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { koffiSys as sys } from '../../../lib/libc/koffi-sys.js';
@@ -20,12 +21,10 @@ import {
   VFIO_TYPE1v2_IOMMU,
   vfio_group_status,
 } from '../../../lib/uapi/vfio.js';
-import { guestEnv } from './guest-env.js';
+import type { GuestEnv } from './guest-env.js';
 
-const env = guestEnv();
-if (env === null) {
-  t.plan(0, 'VM guest test: runs inside the VM via `npm run test:vm`');
-} else {
+/** Adds the kernel-stack subtests to `t`. */
+export function kernelStackTests(t: Test, env: GuestEnv): void {
   const { mode, edu } = env;
   const sysfs = `/sys/bus/pci/devices/${edu}`;
 
