@@ -27,14 +27,14 @@ for (const mode of MODES) {
       bar0.write64(0x90, 16n);
       bar0.write32(0x98, 0x1);
       kernel.tickDevices(); // the fake's device acts at system call boundaries; hardware would at once
-      t.same([...bar0.copyOut(Number(DMA_BUF), 16)], new Array(16).fill(0xab), 'the device read the buffer');
+      t.same([...bar0.copyOut(Number(DMA_BUF), 16)], new Array(16).fill(0xff), 'as on QEMU, BAR0 does not show the DMA buffer');
       // Device buffer → RAM, at an offset in the buffer.
       bar0.write64(0x80, DMA_BUF);
       bar0.write64(0x88, buf.iovaAt(2048));
       bar0.write64(0x90, 16n);
       bar0.write32(0x98, 0x1 | 0x2);
       kernel.tickDevices();
-      t.same([...buf.bytes.subarray(2048, 2064)], new Array(16).fill(0xab), 'the device wrote the buffer');
+      t.same([...buf.bytes.subarray(2048, 2064)], new Array(16).fill(0xab), 'the device read the buffer and wrote it back');
     }
     t.match(vfioErrorOf(() => bar.read32(0)), { code: 'ECLOSED' }, 'the BAR closed with its device');
     vfio.close();

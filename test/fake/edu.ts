@@ -6,6 +6,8 @@
 // status/raise/acknowledge (0x24/0x60/0x64) and the DMA engine (0x80 source,
 // 0x88 destination, 0x90 count, 0x98 command) with its 4 KiB buffer at
 // 0x40000. Write-only registers (0x60, 0x64) read back as 0 here.
+// As on QEMU, the DMA buffer is the device's own memory, reached only by the
+// DMA engine: BAR0 reads over it give all ones (edu_mmio_read's default).
 import type { DeviceContext, DeviceModel } from './device-model.js';
 import { pciDevice, type PciDeviceDescription, type PciDeviceSpec } from './pci-spec.js';
 
@@ -20,6 +22,8 @@ const IRQ_FACT = 0x1;
 const IRQ_DMA = 0x100;
 
 class EduModel implements DeviceModel {
+  /** The DMA engine's buffer: not visible through BAR0. */
+  private readonly buffer = new Uint8Array(DMA_BUF_SIZE);
   private live = 0;
   private fact = 0;
   private irqStatus = 0;
@@ -32,6 +36,7 @@ class EduModel implements DeviceModel {
   reset(ctx: DeviceContext): void {
     const b = ctx.bar(0);
     b.fill(0);
+    this.buffer.fill(0);
     const dv = this.dv(ctx);
     dv.setUint32(0x00, EDU_ID, true);
     this.live = 0;
@@ -83,6 +88,8 @@ class EduModel implements DeviceModel {
       if (cmd & DMA_IRQ) this.raise(ctx, IRQ_DMA);
     }
     dv.setUint32(0x24, this.irqStatus, true);
+    // Whatever a driver stored over the buffer's window did not reach it.
+    ctx.bar(0).fill(0xff, DMA_BUF, DMA_BUF + DMA_BUF_SIZE);
   }
 
   private dma(ctx: DeviceContext, dv: DataView, cmd: number): void {
@@ -94,16 +101,15 @@ class EduModel implements DeviceModel {
       const off = Number(a) - DMA_BUF;
       return a >= BigInt(DMA_BUF) && off + cnt <= DMA_BUF_SIZE ? off : null;
     };
-    const bar = ctx.bar(0);
     try {
       if (cmd & DMA_TO_RAM) {
         const off = inBuf(src);
         if (off === null) return ctx.log('edu: DMA source outside the device buffer');
-        ctx.dmaWrite(dst & mask, bar.slice(DMA_BUF + off, DMA_BUF + off + cnt));
+        ctx.dmaWrite(dst & mask, this.buffer.slice(off, off + cnt));
       } else {
         const off = inBuf(dst);
         if (off === null) return ctx.log('edu: DMA destination outside the device buffer');
-        bar.set(ctx.dmaRead(src & mask, cnt), DMA_BUF + off);
+        this.buffer.set(ctx.dmaRead(src & mask, cnt), off);
       }
     } catch (e) {
       ctx.log(`edu: DMA failed: ${(e as Error).message}`);
