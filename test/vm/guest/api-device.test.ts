@@ -28,7 +28,7 @@ import {
   openFds,
   until,
 } from './edu.js';
-import { guestEnv } from './guest-env.js';
+import { errorOf, eduDmaLimit, guestEnv } from './guest-env.js';
 import { kernelStackTests } from './kernel-stack.js';
 
 const env = guestEnv();
@@ -37,16 +37,7 @@ if (env === null) {
 } else {
   const { mode, edu } = env;
   const iommu = mode !== 'noiommu';
-  /** edu decodes 28 DMA address bits by default; the noiommu VM gives it 64 (run.sh). */
-  const dmaLimit = iommu ? 2n ** 28n : undefined;
-  const errorOf = (fn: () => unknown): VfioError | string => {
-    try {
-      fn();
-    } catch (err) {
-      return err instanceof VfioError ? err : `not a VfioError: ${String(err)}`;
-    }
-    return 'did not throw';
-  };
+  const dmaLimit = eduDmaLimit(mode);
   const timeout = (): AbortSignal => AbortSignal.timeout(10_000);
 
   // Fds open before the library did anything (koffi's loading opens none that stay).

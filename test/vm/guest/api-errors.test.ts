@@ -8,7 +8,7 @@ import type { Readable, Writable } from 'node:stream';
 import { createVfio, vfio, VfioError } from '../../../lib/index.js';
 import { koffiSys } from '../../../lib/libc/koffi-sys.js';
 import { EDU_ID, REG, newFds, openFds } from './edu.js';
-import { guestEnv } from './guest-env.js';
+import { errorOf, guestEnv } from './guest-env.js';
 
 const env = guestEnv();
 if (env === null) {
@@ -16,14 +16,6 @@ if (env === null) {
 } else {
   const { mode, edu, edu2, rng } = env;
   const iommu = mode !== 'noiommu';
-  const errorOf = (fn: () => unknown): VfioError | string => {
-    try {
-      fn();
-    } catch (err) {
-      return err instanceof VfioError ? err : `not a VfioError: ${String(err)}`;
-    }
-    return 'did not throw';
-  };
   const fdsAtStart = openFds();
 
   t.test(`a group made non-viable by ${rng} on a host driver`, async (t) => {

@@ -1,6 +1,7 @@
 // What the VM tier tells a guest test (set by test/vm/init): the VFIO mode
 // this boot was made for and the PCI addresses of its devices (see run.sh
 // for the machine).
+import { VfioError } from '../../../lib/index.js';
 
 export type VmMode = 'group' | 'cdev' | 'noiommu';
 const MODES: readonly string[] = ['group', 'cdev', 'noiommu'];
@@ -37,4 +38,19 @@ export function guestEnv(): GuestEnv | null {
   if (mode === undefined) return null;
   if (!MODES.includes(mode)) throw new Error(`VFIO_MODE=${mode}: expected one of ${MODES.join(', ')}`);
   return { mode: mode as VmMode, edu: address('VFIO_VM_EDU'), edu2: address('VFIO_VM_EDU2'), rng: address('VFIO_VM_RNG') };
+}
+
+/** The VfioError `fn` throws, or a string saying what happened instead (for t.match). */
+export function errorOf(fn: () => unknown): VfioError | string {
+  try {
+    fn();
+  } catch (err) {
+    return err instanceof VfioError ? err : `not a VfioError: ${String(err)}`;
+  }
+  return 'did not throw';
+}
+
+/** edu decodes 28 DMA address bits by default; the noiommu VM gives it 64 (run.sh). */
+export function eduDmaLimit(mode: VmMode): bigint | undefined {
+  return mode === 'noiommu' ? undefined : 2n ** 28n;
 }

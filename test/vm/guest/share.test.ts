@@ -22,7 +22,7 @@ import { EventfdPoller } from '../../../lib/device-io/eventfd-poller.js';
 import { koffiSys } from '../../../lib/libc/koffi-sys.js';
 import { ShareServer, connectPrimary, lendToThread } from '../../../lib/share/index.js';
 import { EDU_ID, REG, newFds, openFds } from './edu.js';
-import { guestEnv } from './guest-env.js';
+import { eduDmaLimit, guestEnv } from './guest-env.js';
 import { SHARE_DMA_BYTES, SHARE_OFFSET, borrowerPattern, drive, firstDiff, primaryPattern, type DriveFacts } from './share-drive.js';
 
 const env = guestEnv();
@@ -31,7 +31,7 @@ if (env === null) {
 } else {
   const { mode, edu } = env;
   const iommu = mode !== 'noiommu';
-  const dmaLimit = iommu ? 2n ** 28n : undefined;
+  const dmaLimit = eduDmaLimit(mode);
   const fdsAtStart = openFds();
   const v = createVfio({ sys: koffiSys, env: {} });
   const path = '/tmp/vfio-share-primary.sock';
