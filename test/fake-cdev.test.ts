@@ -1,25 +1,17 @@
 // The cdev interface of the fake kernel: /dev/vfio/devices/vfioN bound to
 // /dev/iommu, IOAS mappings, attach/detach (device_cdev.c, iommufd/*.c).
 import t, { type Test } from 'tap';
-import { errnoName } from '../lib/libc/errors.js';
-import { MAP_ANONYMOUS, MAP_PRIVATE, O_RDWR, PROT_READ, PROT_WRITE } from '../lib/libc/sys.js';
+import { O_RDWR } from '../lib/libc/sys.js';
 import { alloc, get, read } from '../lib/uapi/codec.js';
 import * as I from '../lib/uapi/iommufd.js';
 import * as V from '../lib/uapi/vfio.js';
-import { FakeKernel, edu, errnoNumber, type FakeKernelOptions } from './fake/index.js';
+import { FakeKernel, type FakeKernelOptions } from './fake/index.js';
+import { ANON, E, RW, freshKernel } from './fake-harness.js';
 
-const RW = PROT_READ | PROT_WRITE;
-const ANON = MAP_PRIVATE | MAP_ANONYMOUS;
-/** The error `code` the library sees for an errno name (the real Sys derives it from the number). */
-const E = (name: string): { code: string } => ({ code: errnoName(errnoNumber(name)) });
 const U64_MAX = (1n << 64n) - 1n;
 const MAP_RW = I.IOMMU_IOAS_MAP_READABLE | I.IOMMU_IOAS_MAP_WRITEABLE;
 
-function fresh(t: Test, opts: FakeKernelOptions = {}): FakeKernel {
-  const k = new FakeKernel({ mode: 'cdev', ...opts });
-  t.teardown(() => k.dispose());
-  return k;
-}
+const fresh = (t: Test, opts: FakeKernelOptions = {}): FakeKernel => freshKernel(t, { mode: 'cdev', ...opts });
 
 function bind(k: FakeKernel, dev: number, iommufd: number): number {
   const b = alloc(V.vfio_device_bind_iommufd, { argsz: V.vfio_device_bind_iommufd.size, iommufd });

@@ -2,28 +2,15 @@
 // mmap, interrupts, reset and hot reset (vfio_pci_core.c, vfio_pci_rdwr.c,
 // vfio_pci_config.c, vfio_pci_intrs.c).
 import t, { type Test } from 'tap';
-import { errnoName } from '../lib/libc/errors.js';
-import { EFD_NONBLOCK, MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, O_RDONLY, O_RDWR, POLLIN, PROT_READ, PROT_WRITE } from '../lib/libc/sys.js';
+import { EFD_NONBLOCK, MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, O_RDONLY, O_RDWR, POLLIN, PROT_READ } from '../lib/libc/sys.js';
 import { alloc, capabilities, elementOffset, get, read } from '../lib/uapi/codec.js';
 import * as V from '../lib/uapi/vfio.js';
-import { EDU_ID, FakeKernel, edu, errnoNumber, pciDevice, type FakeKernelOptions } from './fake/index.js';
+import { EDU_ID, FakeKernel, edu, pciDevice, type FakeKernelOptions } from './fake/index.js';
+import { E, RW, freshKernel, intArg } from './fake-harness.js';
 
-const RW = PROT_READ | PROT_WRITE;
 const CFG = 7n << 40n;
-/** The error `code` the library sees for an errno name (the real Sys derives it from the number). */
-const E = (name: string): { code: string } => ({ code: errnoName(errnoNumber(name)) });
 
-function fresh(t: Test, opts: FakeKernelOptions = {}): FakeKernel {
-  const k = new FakeKernel({ mode: 'group', ...opts });
-  t.teardown(() => k.dispose());
-  return k;
-}
-
-function intArg(n: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setInt32(0, n, true);
-  return b;
-}
+const fresh = (t: Test, opts: FakeKernelOptions = {}): FakeKernel => freshKernel(t, { mode: 'group', ...opts });
 
 /** Opens `addr` through its group in a Type1v2 container. */
 function openDev(k: FakeKernel, addr = '0000:00:03.0', group = '3', flags = O_RDWR): { c: number; g: number; d: number; close(): void } {

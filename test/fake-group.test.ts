@@ -1,28 +1,14 @@
 // The legacy interface of the fake kernel: /dev/vfio/vfio containers,
 // /dev/vfio/N groups, the Type1 and no-IOMMU drivers, device fds from groups.
 import t, { type Test } from 'tap';
-import { errnoName } from '../lib/libc/errors.js';
-import { MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, O_RDONLY, O_RDWR, PROT_READ, PROT_WRITE } from '../lib/libc/sys.js';
+import { MAP_POPULATE, O_RDONLY, O_RDWR } from '../lib/libc/sys.js';
 import { alloc, capabilities, get, read } from '../lib/uapi/codec.js';
 import * as V from '../lib/uapi/vfio.js';
-import { FakeKernel, edu, errnoNumber, pciDevice, type FakeKernelOptions } from './fake/index.js';
+import { FakeKernel, edu, pciDevice, type FakeKernelOptions } from './fake/index.js';
+import { ANON, E, RW, freshKernel, intArg } from './fake-harness.js';
 
-const RW = PROT_READ | PROT_WRITE;
-const ANON = MAP_PRIVATE | MAP_ANONYMOUS;
-/** The error `code` the library sees for an errno name (the real Sys derives it from the number). */
-const E = (name: string): { code: string } => ({ code: errnoName(errnoNumber(name)) });
 
-function fresh(t: Test, opts: FakeKernelOptions = {}): FakeKernel {
-  const k = new FakeKernel({ mode: 'group', ...opts });
-  t.teardown(() => k.dispose());
-  return k;
-}
-
-function intArg(n: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setInt32(0, n, true);
-  return b;
-}
+const fresh = (t: Test, opts: FakeKernelOptions = {}): FakeKernel => freshKernel(t, { mode: 'group', ...opts });
 
 function name(addr: string): Uint8Array {
   return Buffer.from(`${addr}\0`);

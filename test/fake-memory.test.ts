@@ -23,10 +23,9 @@ import {
 } from '../lib/libc/sys.js';
 import { VfioError } from '../lib/libc/errors.js';
 import { VFIO_GET_API_VERSION } from '../lib/uapi/vfio.js';
-import { FakeKernel, edu } from './fake/index.js';
+import { FakeKernel, edu, type FakeKernelOptions } from './fake/index.js';
+import { ANON, RW, freshKernel } from './fake-harness.js';
 
-const RW = PROT_READ | PROT_WRITE;
-const ANON = MAP_PRIVATE | MAP_ANONYMOUS;
 
 function u64(n: bigint): Uint8Array {
   const b = new Uint8Array(8);
@@ -34,11 +33,7 @@ function u64(n: bigint): Uint8Array {
   return b;
 }
 
-function fresh(t: Test, opts: ConstructorParameters<typeof FakeKernel>[0] = {}): FakeKernel {
-  const k = new FakeKernel({ mode: 'group', devices: [edu()], ...opts });
-  t.teardown(() => k.dispose());
-  return k;
-}
+const fresh = (t: Test, opts: FakeKernelOptions = {}): FakeKernel => freshKernel(t, { mode: 'group', devices: [edu()], ...opts });
 
 t.test('fds: lowest free number first, 0 when firstFd allows it, EBADF after close', async (t) => {
   const k = fresh(t, { firstFd: 0 });
