@@ -7,7 +7,6 @@ import * as V from '../lib/uapi/vfio.js';
 import { FakeKernel, edu, pciDevice, type FakeKernelOptions } from './fake/index.js';
 import { ANON, E, RW, freshKernel, intArg } from './fake-harness.js';
 
-
 const fresh = (t: Test, opts: FakeKernelOptions = {}): FakeKernel => freshKernel(t, { mode: 'group', ...opts });
 
 function name(addr: string): Uint8Array {

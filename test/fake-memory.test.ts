@@ -26,7 +26,6 @@ import { VFIO_GET_API_VERSION } from '../lib/uapi/vfio.js';
 import { FakeKernel, edu, type FakeKernelOptions } from './fake/index.js';
 import { ANON, RW, freshKernel } from './fake-harness.js';
 
-
 function u64(n: bigint): Uint8Array {
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, n, true);

@@ -149,6 +149,19 @@ export class Region implements Disposable {
   readonly #segments: Segment[];
   /** The one mapping covering the whole range, when there is one (fast path). */
   #whole: MappedSegment | null;
+  /**
+   * read32/write32's fast path: the 32-bit view of #whole when the range is
+   * one mapping that may be read (#r32) / written (#w32), with #whole's byte
+   * bias and the first offset a 4-byte access no longer fits below. Null when
+   * not applicable, and set to null first thing on close (the guard). The
+   * checks it skips hold by construction: liveness is the null check,
+   * permission is which view is set, bounds and alignment are the offset
+   * test, and the one segment is #whole.
+   */
+  #r32: Uint32Array | null = null;
+  #w32: Uint32Array | null = null;
+  readonly #bias32: number = 0;
+  readonly #end32: number = 0;
   #closed = false;
   readonly #onClose: ((r: Region) => void) | undefined;
   /** 8-byte bounce buffer for pread/pwrite accesses (host memory). */
@@ -162,6 +175,14 @@ export class Region implements Disposable {
     this.#segments = segments;
     const only = segments.length === 1 ? segments[0] : undefined;
     this.#whole = only !== undefined && only.kind === 'mmap' ? only : null;
+    // #whole's bias is range offset 0's byte in its views: a multiple of 8
+    // (openRegion takes 8-aligned offsets, mappings start on pages).
+    if (this.#whole !== null && this.#whole.bias >= 0 && this.#whole.bias % 4 === 0) {
+      this.#bias32 = this.#whole.bias;
+      this.#end32 = size - 3;
+      if (info.readable) this.#r32 = this.#whole.u32;
+      if (info.writable) this.#w32 = this.#whole.u32;
+    }
     this.#onClose = onClose;
   }
 
@@ -190,6 +211,10 @@ export class Region implements Disposable {
     return s.kind === 'mmap' ? (s.u16[(s.bias + offset) / 2] as number) : this.#pread(offset, 2);
   }
   read32(offset: number): number {
+    const u = this.#r32;
+    // `offset >>> 0 === offset`: an integer in [0, 2^32); with the alignment
+    // and end tests, exactly the offsets #at would accept (see #r32).
+    if (u !== null && offset >>> 0 === offset && (offset & 3) === 0 && offset < this.#end32) return u[(this.#bias32 + offset) >>> 2]!;
     const s = this.#at(offset, 4, false);
     return s.kind === 'mmap' ? (s.u32[(s.bias + offset) / 4] as number) : this.#pread(offset, 4);
   }
@@ -213,6 +238,12 @@ export class Region implements Disposable {
     else this.#pwrite(offset, 2, v);
   }
   write32(offset: number, value: number): void {
+    const u = this.#w32;
+    // As read32; `value >>> 0 === value` is #value's check for 32 bits.
+    if (u !== null && offset >>> 0 === offset && (offset & 3) === 0 && offset < this.#end32 && value >>> 0 === value) {
+      u[(this.#bias32 + offset) >>> 2] = value;
+      return;
+    }
     const v = this.#value(value, 32);
     const s = this.#at(offset, 4, true);
     if (s.kind === 'mmap') s.u32[(s.bias + offset) / 4] = v;
@@ -332,6 +363,8 @@ export class Region implements Disposable {
   close(): void {
     if (this.#closed) return;
     // Guard first: from here on no accessor reaches the memory.
+    this.#r32 = null;
+    this.#w32 = null;
     this.#closed = true;
     this.#whole = null;
     let first: unknown;
