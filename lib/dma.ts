@@ -28,12 +28,15 @@
 // except that the memory is a memfd mapped MAP_SHARED: another process or
 // thread that receives the memfd (lib/share) maps the very same pages. The
 // buffer keeps the memfd open until it is freed.
-import { closedError, usageError } from './libc/errors.js';
+import { closedError, usageError, VfioError } from './libc/errors.js';
 import {
   MAP_ANONYMOUS,
+  MAP_HUGETLB,
+  MAP_HUGE_SHIFT,
   MAP_POPULATE,
   MAP_SHARED,
   MFD_CLOEXEC,
+  MFD_HUGETLB,
   O_CLOEXEC,
   O_RDONLY,
   PROT_READ,
@@ -68,6 +71,27 @@ export interface DmaAllocOptions extends DmaMapOptions {
    * process or thread (lib/share). Costs one open fd per buffer.
    */
   readonly shareable?: boolean;
+  /**
+   * Back the buffer with 2 MiB huge pages when the system has them free
+   * (vm.nr_hugepages): fewer IOMMU entries, and physically contiguous 2 MiB
+   * blocks in no-IOMMU mode. The size is rounded up to 2 MiB. When no huge
+   * page is free the buffer falls back to normal pages; `buf.hugepages` says
+   * which it got.
+   */
+  readonly hugepages?: boolean;
+}
+
+/** The huge page size the library asks for: 2 MiB, which x86-64 always has. */
+export const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
+/** log2(HUGE_PAGE_SIZE) in the MAP_HUGE_* / MFD_HUGE_* size field. */
+const HUGE_2MB = 21 << MAP_HUGE_SHIFT;
+
+/** Locked memory for a buffer: where, how long, its memfd (-1 if none), huge or not. */
+export interface LockedMemory {
+  readonly vaddr: bigint;
+  readonly size: number;
+  readonly memfd: Fd;
+  readonly hugepages: boolean;
 }
 
 /** What a buffer asks of the container that owns it. */
@@ -102,6 +126,8 @@ export class DmaBuffer implements Disposable {
     vaddr: bigint,
     size: number,
     memfd: Fd = -1,
+    /** True when the buffer is backed by 2 MiB huge pages. */
+    readonly hugepages = false,
   ) {
     this.vaddr = vaddr;
     this.size = size;
@@ -233,41 +259,60 @@ export class DmaBuffer implements Disposable {
   }
 }
 
-/**
- * Maps `size` bytes (rounded up to whole pages) of locked anonymous memory.
- * @throws VfioError EINVAL bad size; ENOMEM/EAGAIN/EPERM from mmap or mlock
- *   (RLIMIT_MEMLOCK); nothing stays mapped after a failure.
- */
-export function allocLockedMemory(sys: Sys, size: number, pageSize: number): { vaddr: bigint; size: number } {
+function checkSize(size: number): void {
   if (!Number.isSafeInteger(size) || size <= 0) throw usageError('EINVAL', `DMA buffer size ${size} is not a positive integer`);
-  const length = Math.ceil(size / pageSize) * pageSize;
-  return withUnwind((u) => {
-    const vaddr = sys.mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE, -1, 0n);
-    u.defer(() => sys.munmap(vaddr, length));
-    sys.mlock(vaddr, length);
-    return { vaddr, size: length };
-  });
+}
+
+/** True for the answer the kernel gives when no huge page is free (or none is configured). */
+function noHugePages(err: unknown): boolean {
+  return err instanceof VfioError && err.code === 'ENOMEM';
 }
 
 /**
- * Like allocLockedMemory, but the memory is a memfd (named `name` for
- * /proc/PID/maps) mapped MAP_SHARED, so that another process that receives
- * the memfd maps the same pages. Returns the memfd too: the caller owns it.
- * @throws VfioError EINVAL bad size; ENOMEM/EAGAIN/EPERM from mmap or mlock;
- *   EMFILE; any errno of memfd_create/ftruncate; nothing stays open or
- *   mapped after a failure.
+ * Locked memory for a DMA buffer, `size` bytes rounded up to whole pages:
+ * anonymous, or (`shared`) a memfd mapped MAP_SHARED, so that another
+ * process that receives the memfd maps the same pages (named `name` in
+ * /proc/PID/maps). With `hugepages`, 2 MiB pages when some are free, else
+ * normal ones. The caller owns the memfd.
+ * @throws VfioError EINVAL bad size; ENOMEM/EAGAIN/EPERM from mmap or mlock
+ *   (RLIMIT_MEMLOCK); EMFILE; any errno of memfd_create/ftruncate. Nothing
+ *   stays open or mapped after a failure.
  */
-export function allocSharedLockedMemory(sys: Sys, size: number, pageSize: number, name: string): { vaddr: bigint; size: number; memfd: Fd } {
-  if (!Number.isSafeInteger(size) || size <= 0) throw usageError('EINVAL', `DMA buffer size ${size} is not a positive integer`);
-  const length = Math.ceil(size / pageSize) * pageSize;
+export function allocLockedMemory(
+  sys: Sys,
+  size: number,
+  pageSize: number,
+  opts: { readonly shared?: string | undefined; readonly hugepages?: boolean | undefined } = {},
+): LockedMemory {
+  checkSize(size);
+  if (opts.hugepages === true) {
+    try {
+      return lockedMemory(sys, Math.ceil(size / HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE, opts.shared, true);
+    } catch (err) {
+      if (!noHugePages(err)) throw err;
+    }
+  }
+  return lockedMemory(sys, Math.ceil(size / pageSize) * pageSize, opts.shared, false);
+}
+
+function lockedMemory(sys: Sys, length: number, shared: string | undefined, huge: boolean): LockedMemory {
   return withUnwind((u) => {
-    const memfd = sys.memfdCreate(name, MFD_CLOEXEC);
-    u.defer(() => sys.close(memfd));
-    sys.ftruncate(memfd, BigInt(length));
-    const vaddr = sys.mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, memfd, 0n);
-    u.defer(() => sys.munmap(vaddr, length));
-    sys.mlock(vaddr, length);
-    return { vaddr, size: length, memfd };
+    let memfd = -1;
+    let vaddr: bigint;
+    if (shared === undefined) {
+      const flags = MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE | (huge ? MAP_HUGETLB | HUGE_2MB : 0);
+      vaddr = sys.mmap(length, PROT_READ | PROT_WRITE, flags, -1, 0n);
+    } else {
+      const fd = sys.memfdCreate(shared, MFD_CLOEXEC | (huge ? MFD_HUGETLB | HUGE_2MB : 0));
+      memfd = fd;
+      u.defer(() => sys.close(fd));
+      sys.ftruncate(fd, BigInt(length));
+      vaddr = sys.mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0n);
+    }
+    const addr = vaddr;
+    u.defer(() => sys.munmap(addr, length));
+    sys.mlock(addr, length);
+    return { vaddr: addr, size: length, memfd, hugepages: huge };
   });
 }
 

@@ -38,7 +38,7 @@ import { teardown, withUnwind, type Unwind } from '../cleanup.js';
 import {
   DmaBuffer,
   allocLockedMemory,
-  allocSharedLockedMemory,
+  HUGE_PAGE_SIZE,
   physicalAddress,
   type DmaAllocOptions,
   type DmaMapOptions,
@@ -322,7 +322,9 @@ export class Container implements Disposable, DmaOwner {
    * maps it for DMA: at `opts.iova`, or at an IOVA the container picks below
    * `opts.dmaLimit`. In identity (no-IOMMU) mode the IOVA is the buffer's
    * physical address (reading it needs root). `opts.shareable` backs it with
-   * a memfd, so that lib/share can hand it to another process or thread. In
+   * a memfd, so that lib/share can hand it to another process or thread.
+   * `opts.hugepages` asks for 2 MiB pages (see DmaAllocOptions); such a buffer
+   * gets a 2 MiB-aligned IOVA unless `align` or `iova` says otherwise. In
    * a borrowed container the IOVA comes from the windows the lender reserved
    * for it (ENOSPC when none has room).
    * @throws VfioError EINVAL bad size or options, or an IOVA outside the
@@ -337,13 +339,16 @@ export class Container implements Disposable, DmaOwner {
   allocDma(size: number, opts: DmaAllocOptions = {}): DmaBuffer {
     this.checkOpen();
     this.checkMapOptions(opts);
-    const mem = opts.shareable
-      ? allocSharedLockedMemory(this.env.sys, size, this.env.pageSize, `vfio-dma ${this.label}`)
-      : { ...allocLockedMemory(this.env.sys, size, this.env.pageSize), memfd: -1 };
-    const buf = new DmaBuffer(this.env.sys, this, mem.vaddr, mem.size, mem.memfd);
+    const mem = allocLockedMemory(this.env.sys, size, this.env.pageSize, {
+      shared: opts.shareable === true ? `vfio-dma ${this.label}` : undefined,
+      hugepages: opts.hugepages,
+    });
+    const buf = new DmaBuffer(this.env.sys, this, mem.vaddr, mem.size, mem.memfd, mem.hugepages);
     this.buffers.add(buf);
+    // A 2 MiB-aligned IOVA lets the IOMMU map a huge page with one entry.
+    const hugeAlign = mem.hugepages && opts.align === undefined && opts.iova === undefined;
     try {
-      this.mapBuffer(buf, opts);
+      this.mapBuffer(buf, hugeAlign ? { ...opts, align: BigInt(HUGE_PAGE_SIZE) } : opts);
     } catch (err) {
       try {
         buf.free();
