@@ -143,6 +143,16 @@ function checkFdCount(syscall: string, n: number): void {
   if (!Number.isSafeInteger(n) || n < 0 || n > SCM_MAX_FD) throw sysError(syscall, 'EINVAL', { detail: `${n} fds (at most ${SCM_MAX_FD})` });
 }
 
+/**
+ * A poll timeout that survives EINTR retries: each call returns what is left
+ * of the original `timeoutMs` (-1, "forever", stays -1).
+ */
+function pollTimeout(timeoutMs: number): () => number {
+  if (timeoutMs < 0) return () => -1;
+  const deadline = Date.now() + timeoutMs;
+  return () => Math.max(0, deadline - Date.now());
+}
+
 function checkLength(syscall: string, length: number): void {
   if (!Number.isSafeInteger(length) || length < 0) throw sysError(syscall, 'EINVAL', { detail: `bad length ${length}` });
 }
@@ -221,10 +231,9 @@ export const koffiSys: Sys = {
 
   poll(fds, timeoutMs) {
     const buf = encodePollFds(fds);
-    const deadline = timeoutMs < 0 ? Infinity : Date.now() + timeoutMs;
+    const remaining = pollTimeout(timeoutMs);
     for (;;) {
-      const remaining = timeoutMs < 0 ? -1 : Math.max(0, deadline - Date.now());
-      const r = c.poll(buf, fds.length, remaining) as number;
+      const r = c.poll(buf, fds.length, remaining()) as number;
       if (r >= 0) return decodeRevents(buf, fds.length);
       const errno = koffi.errno();
       if (errno !== EINTR) throw sysError('poll', errno);
@@ -235,11 +244,10 @@ export const koffiSys: Sys = {
     // The buffer is captured by the closure below, so it stays alive (and
     // where the worker thread writes revents) until the callback has run.
     const buf = encodePollFds(fds);
-    const deadline = timeoutMs < 0 ? Infinity : Date.now() + timeoutMs;
+    const remaining = pollTimeout(timeoutMs);
     return new Promise<number[]>((resolve, reject) => {
       const attempt = (): void => {
-        const remaining = timeoutMs < 0 ? -1 : Math.max(0, deadline - Date.now());
-        c.poll.async(buf, fds.length, remaining, (err: unknown, r: number) => {
+        c.poll.async(buf, fds.length, remaining(), (err: unknown, r: number) => {
           if (err) return reject(err);
           if (r >= 0) return resolve(decodeRevents(buf, fds.length));
           // errno after .async is only right inside this callback.
