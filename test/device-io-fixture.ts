@@ -18,7 +18,8 @@ import {
   vfio_device_info,
 } from '../lib/uapi/vfio.js';
 import type { DeviceBasics, DeviceHandle } from '../lib/device-io/handle.js';
-import { DeviceIo, EventfdPoller } from '../lib/device-io/index.js';
+import { DeviceIo } from '../lib/device-io/index.js';
+import { EventfdPoller } from '../lib/libc/eventfd-poller.js';
 
 export interface Opened {
   readonly handle: DeviceHandle & { close(): void };

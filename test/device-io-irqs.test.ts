@@ -4,7 +4,7 @@
 import t from 'tap';
 import { edu, pciDevice } from './fake/index.js';
 import { rig } from './device-io-fixture.js';
-import { EventfdPoller } from '../lib/device-io/index.js';
+import { EventfdPoller } from '../lib/libc/eventfd-poller.js';
 import { VFIO_DEVICE_SET_IRQS } from '../lib/uapi/vfio.js';
 
 const ADDR = '0000:00:03.0';
@@ -280,4 +280,62 @@ t.test('a failing poll ends the waiting iterators with its error, and leaks noth
   const next = msi.vector(0).wait();
   msi.trigger();
   t.equal(await next, 1);
+});
+
+t.test('next() takes an interrupt already in the eventfd at once, and every listener gets it exactly once', async (t) => {
+  const r = rig();
+  t.teardown(() => r.dispose());
+  const { io } = r.open();
+  io.config.setBusMaster(true);
+  const msi = io.irqs.enable('msi', 1);
+  const v = msi.vector(0);
+  const seen: number[] = [];
+  const off = v.on((n) => seen.push(n));
+  const it = v.events();
+  t.ok(r.kernel.raiseIrq(ADDR, 'msi', 0));
+  t.ok(r.kernel.raiseIrq(ADDR, 'msi', 0));
+  let got: IteratorResult<number> | undefined;
+  void it.next().then((x) => (got = x));
+  // Microtasks only: no timer, no poll has run yet.
+  await Promise.resolve();
+  await Promise.resolve();
+  t.same(got, { value: 2, done: false }, 'resolved before the event loop turned');
+  t.same(seen, [2], 'the callback listener got the same count');
+  await tick(20);
+  t.same(seen, [2], 'and the watch found nothing more (no count delivered twice)');
+  // Nothing pending: next() waits for the watch as before.
+  const next = it.next();
+  await tick(5);
+  t.ok(r.kernel.raiseIrq(ADDR, 'msi', 0));
+  t.same(await next, { value: 1, done: false });
+  t.same(seen, [2, 1]);
+  off();
+  await it.return?.();
+  msi.disable();
+  await EventfdPoller.of(r.kernel.sys).idle();
+});
+
+t.test("a failing read in next() ends the iteration with that error and the vector's listeners with it", async (t) => {
+  const r = rig();
+  t.teardown(() => r.dispose());
+  const { io } = r.open();
+  const msi = io.irqs.enable('msi', 1);
+  const v = msi.vector(0);
+  const ended: unknown[] = [];
+  const other = v.events();
+  const otherNext = other.next().catch((e: unknown) => ended.push(e));
+  const rule = r.kernel.failWhen({ syscall: 'read', kind: 'eventfd' }, 'EIO', { times: 1 });
+  const it = v.events();
+  await t.rejects(it.next(), { code: 'EIO', syscall: 'read' });
+  t.equal(rule.hits, 1);
+  await otherNext;
+  t.match(ended, [{ code: 'EIO' }], 'the other iterator ended with it too');
+  t.same(await it.next(), { value: undefined, done: true }, 'then the iteration is over');
+  await EventfdPoller.of(r.kernel.sys).idle();
+  t.equal(r.kernel.pendingPolls, 0, 'nothing polls any more');
+  // The vector itself still works.
+  const again = v.wait();
+  msi.trigger();
+  t.equal(await again, 1);
+  msi.disable();
 });

@@ -4,7 +4,7 @@ import t from 'tap';
 import { readdirSync } from 'node:fs';
 import { koffiSys as sys } from '../lib/libc/koffi-sys.js';
 import { EFD_CLOEXEC, EFD_NONBLOCK } from '../lib/libc/sys.js';
-import { EventfdPoller } from '../lib/device-io/eventfd-poller.js';
+import { EventfdPoller } from '../lib/libc/eventfd-poller.js';
 
 const openFds = (): number => readdirSync('/proc/self/fd').length;
 

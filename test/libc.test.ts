@@ -73,6 +73,21 @@ t.test('eventfd: write adds, read returns and clears, nonblocking read is EAGAIN
   t.throws(() => sys.read(fd, out), { code: 'EAGAIN', syscall: 'read' });
 });
 
+t.test('tryRead: null when nothing is there, the count when signalled, other errors throw', async (t) => {
+  const fd = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  t.teardown(() => sys.close(fd));
+  const buf = Buffer.alloc(8);
+  t.equal(sys.tryRead(fd, buf), null, 'EAGAIN is null, not an error');
+  buf.writeBigUInt64LE(6n);
+  sys.write(fd, buf);
+  buf.fill(0);
+  t.equal(sys.tryRead(fd, buf), 8);
+  t.equal(buf.readBigUInt64LE(0), 6n);
+  t.equal(sys.tryRead(fd, buf), null, 'cleared by the read');
+  t.throws(() => sys.tryRead(fd, Buffer.alloc(4)), { code: 'EINVAL', syscall: 'read' }, 'an eventfd needs 8 bytes');
+  t.throws(() => sys.tryRead(999_999, buf), { code: 'EBADF', syscall: 'read' });
+});
+
 t.test('poll: timeout gives zeros, a signalled eventfd gives POLLIN', async (t) => {
   const a = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   const b = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

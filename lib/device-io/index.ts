@@ -147,7 +147,6 @@ export type { BarKind, Capability, CapabilityName, CommandFlags, DeviceIds, Exte
 export { CAP_ID, EXT_CAP_ID } from './pci-regs.js';
 export { Irqs, IrqSet, IrqVector, IRQ_INDEX } from './irqs.js';
 export type { EnableOptions, IrqInfo, IrqKind, Unsubscribe, WaitOptions } from './irqs.js';
-export { EventfdPoller } from './eventfd-poller.js';
 export { Region } from './region.js';
 export type { MmioViews, OpenRegionOptions } from './region.js';
 export type { MapBarOptions } from './bar.js';

@@ -12,12 +12,17 @@
 //   drop them (SET_IRQS DATA_NONE, count 0), then ends every listener, stops
 //   watching, and closes them. Nothing is left open.
 // - Waiting never blocks the event loop and never costs a thread per vector:
-//   all vectors of all devices share one poll (./eventfd-poller.ts). A vector
-//   is polled only while something listens to it; counts that arrive while
-//   nothing listens stay in the eventfd and are delivered to the next
-//   listener.
+//   each vector's eventfd is watched by `Sys.watchEventfd` (the event loop's
+//   own epoll, else one poll thread shared by all vectors of all devices). A
+//   vector is watched only while a listener waits (a callback, or a pending
+//   `next()`); counts that arrive meanwhile stay in the eventfd and go to the
+//   next `next()` or wake. `next()` first reads the eventfd itself, so an
+//   interrupt that has already arrived costs no trip through the event loop.
+// - A vector that has been waited on holds one more fd (its watcher's dup of
+//   the eventfd, on the event-loop path) until its set is disabled.
 import { usageError, VfioError } from '../libc/errors.js';
-import { EFD_CLOEXEC, EFD_NONBLOCK, type Fd } from '../libc/sys.js';
+import { readEventfdCount } from '../libc/eventfd-poller.js';
+import { EFD_CLOEXEC, EFD_NONBLOCK, type EventfdWatcher, type Fd } from '../libc/sys.js';
 import { alloc, elementOffset, read } from '../uapi/codec.js';
 import {
   VFIO_IRQ_INFO_AUTOMASKED,
@@ -37,7 +42,6 @@ import {
   vfio_irq_info,
   vfio_irq_set,
 } from '../uapi/vfio.js';
-import { EventfdPoller } from './eventfd-poller.js';
 import { deviceIoctl, resourceClosed, type DeviceHandle } from './handle.js';
 
 /** The PCI interrupt indexes of VFIO. */
@@ -94,6 +98,8 @@ interface Listener {
   count(n: number): void;
   /** The vector stopped: disabled (no error) or its watch failed. */
   end(err?: unknown): void;
+  /** Needs the watcher now: always for a callback, while next() is pending for an iterator. */
+  waiting: boolean;
 }
 
 /** SET_IRQS with `fds` (or no data). */
@@ -112,19 +118,24 @@ export class IrqVector {
   readonly vector: number;
   readonly #set: IrqSet;
   readonly #h: DeviceHandle;
-  readonly #poller: EventfdPoller;
   readonly #fd: Fd;
   readonly #listeners = new Set<Listener>();
-  #unwatch: (() => void) | null = null;
+  /** 8 bytes for #drain's read of the eventfd counter. */
+  readonly #counter = Buffer.alloc(8);
+  /**
+   * Made on the first wait and kept until the set is disabled (it holds a
+   * dup of the eventfd on the event-loop path), started while some listener
+   * waits, stopped otherwise: starting and stopping cost no system call.
+   */
+  #watcher: EventfdWatcher | null = null;
   #ended = false;
 
   /** @internal Made by Irqs.enable. */
-  constructor(set: IrqSet, h: DeviceHandle, vector: number, fd: Fd, poller: EventfdPoller) {
+  constructor(set: IrqSet, h: DeviceHandle, vector: number, fd: Fd) {
     this.#set = set;
     this.#h = h;
     this.vector = vector;
     this.#fd = fd;
-    this.#poller = poller;
   }
 
   /**
@@ -140,22 +151,26 @@ export class IrqVector {
   /**
    * Calls `listener` with the eventfd count (interrupts since the last
    * delivery, >= 1) after each wake, until unsubscribed or the set is
-   * disabled. While anything listens, the shared poll keeps the process
-   * alive: unsubscribe (or disable the set, or close the device) to let it
-   * exit. Errors: ECLOSED the set is disabled.
+   * disabled. While anything listens, the watch keeps the process alive:
+   * unsubscribe (or disable the set, or close the device) to let it exit.
+   * Errors: ECLOSED the set is disabled.
    */
   on(listener: (count: number) => void): Unsubscribe {
-    const l: Listener = { count: listener, end: () => {} };
+    const l: Listener = { count: listener, end: () => {}, waiting: true };
     this.#add(l);
     return unsubscriber(() => this.#remove(l));
   }
 
   /**
    * The counts as an async iterator: `for await (const n of v.events({ signal }))`.
-   * Counts that arrive between two `next()` calls are summed, never lost. The
-   * iteration ends (done) when the set is disabled or the device closed;
-   * aborting `signal` rejects the pending `next()` with `signal.reason`.
-   * Leaving the loop (`break`, `return()`) stops listening.
+   * Counts that arrive between two `next()` calls are summed, never lost (they
+   * wait in the eventfd, or with this iterator when another listener's watch
+   * read them). `next()` takes an interrupt that has already arrived at once,
+   * without a trip through the event loop, so "write a register, then await
+   * next()" costs what C's write + poll + read does. The iteration ends (done)
+   * when the set is disabled or the device closed; aborting `signal` rejects
+   * the pending `next()` with `signal.reason`. Leaving the loop (`break`,
+   * `return()`) stops listening.
    */
   events(opts: WaitOptions = {}): AsyncIterableIterator<number> {
     this.#assertLive();
@@ -164,13 +179,21 @@ export class IrqVector {
     let waiter: { resolve(r: IteratorResult<number>): void; reject(e: unknown): void } | null = null;
     let finished = false;
     let failure: { err: unknown } | null = null;
+    const settle = (): { resolve(r: IteratorResult<number>): void; reject(e: unknown): void } | null => {
+      const w = waiter;
+      waiter = null;
+      if (w !== null && listener.waiting) {
+        listener.waiting = false;
+        this.#update();
+      }
+      return w;
+    };
     const finish = (err?: unknown): void => {
       if (finished) return;
       finished = true;
       this.#remove(listener);
       signal?.removeEventListener('abort', onAbort);
-      const w = waiter;
-      waiter = null;
+      const w = settle();
       if (w === null) {
         if (err !== undefined) failure = { err };
       } else if (err !== undefined) {
@@ -182,15 +205,12 @@ export class IrqVector {
     const onAbort = (): void => finish(signal?.reason);
     const listener: Listener = {
       count: (n) => {
-        const w = waiter;
-        if (w === null) {
-          pending += n;
-        } else {
-          waiter = null;
-          w.resolve({ value: n, done: false });
-        }
+        const w = settle();
+        if (w === null) pending += n;
+        else w.resolve({ value: n, done: false });
       },
       end: (err) => finish(err),
+      waiting: false,
     };
     if (signal?.aborted) {
       finished = true;
@@ -201,6 +221,9 @@ export class IrqVector {
     }
     const it: AsyncIterableIterator<number> = {
       next: () => {
+        // An interrupt already in the eventfd is taken now (see #drain); a
+        // failed read ends the iteration, and its error is the failure below.
+        if (pending === 0 && !finished && waiter === null) this.#drain();
         if (failure !== null) {
           const f = failure;
           failure = null;
@@ -218,6 +241,8 @@ export class IrqVector {
         }
         return new Promise((resolve, reject) => {
           waiter = { resolve, reject };
+          listener.waiting = true;
+          this.#update();
         });
       },
       return: () => {
@@ -253,7 +278,7 @@ export class IrqVector {
   [END](): void {
     if (this.#ended) return;
     this.#ended = true;
-    this.#stopWatching();
+    this.#closeWatcher();
     const ls = [...this.#listeners];
     this.#listeners.clear();
     for (const l of ls) l.end();
@@ -266,30 +291,69 @@ export class IrqVector {
   #add(l: Listener): void {
     this.#assertLive();
     this.#listeners.add(l);
-    if (this.#unwatch !== null) return;
-    this.#unwatch = this.#poller.watch(this.#fd, {
-      onCount: (n) => {
-        for (const x of [...this.#listeners]) x.count(n);
-      },
-      onError: (err) => {
-        // The poller has dropped the watch: end every listener with the error.
-        this.#unwatch = null;
-        const ls = [...this.#listeners];
-        this.#listeners.clear();
-        for (const x of ls) x.end(err);
-      },
-    });
+    this.#update();
   }
 
   #remove(l: Listener): void {
-    if (!this.#listeners.delete(l)) return;
-    if (this.#listeners.size === 0) this.#stopWatching();
+    if (this.#listeners.delete(l)) this.#update();
   }
 
-  #stopWatching(): void {
-    const u = this.#unwatch;
-    this.#unwatch = null;
-    u?.();
+  /** Starts the watcher while some listener waits, stops it otherwise. */
+  #update(): void {
+    let waiting = false;
+    for (const l of this.#listeners) {
+      if (l.waiting) {
+        waiting = true;
+        break;
+      }
+    }
+    if (!waiting) {
+      this.#watcher?.stop();
+      return;
+    }
+    if (this.#ended) return;
+    this.#watcher ??= this.#h.sys.watchEventfd(this.#fd, {
+      onCount: (n) => this.#dispatch(n),
+      onError: (err) => this.#fail(err),
+    });
+    this.#watcher.start();
+  }
+
+  #dispatch(n: number): void {
+    for (const x of [...this.#listeners]) x.count(n);
+  }
+
+  /** Ends every listener with `err` (a failed watch or read); a later listener starts afresh. */
+  #fail(err: unknown): void {
+    this.#closeWatcher();
+    const ls = [...this.#listeners];
+    this.#listeners.clear();
+    for (const x of ls) x.end(err);
+  }
+
+  #closeWatcher(): void {
+    const w = this.#watcher;
+    this.#watcher = null;
+    w?.close();
+  }
+
+  /**
+   * Reads the eventfd now (non-blocking) and hands a count found there to
+   * every listener, as a wake would. For `next()`: an interrupt that has
+   * already arrived (a driver typically writes a register, then waits) is
+   * taken at once, as C's poll(2) returns at once, instead of after a trip
+   * through the event loop. Counts are never lost or doubled: whichever read
+   * comes first clears the counter, the other finds nothing.
+   */
+  #drain(): void {
+    let n: number;
+    try {
+      n = readEventfdCount(this.#h.sys, this.#fd, this.#counter);
+    } catch (err) {
+      this.#fail(err);
+      return;
+    }
+    if (n > 0) this.#dispatch(n);
   }
 }
 
@@ -310,7 +374,7 @@ export class IrqSet implements Disposable {
   #enabled = true;
 
   /** @internal Made by Irqs.enable once the kernel accepted `fds`. */
-  constructor(h: DeviceHandle, info: IrqInfo, start: number, fds: Fd[], poller: EventfdPoller, onDisable: (set: IrqSet) => void) {
+  constructor(h: DeviceHandle, info: IrqInfo, start: number, fds: Fd[], onDisable: (set: IrqSet) => void) {
     this.#onDisable = onDisable;
     this.#h = h;
     this.kind = info.kind;
@@ -319,7 +383,7 @@ export class IrqSet implements Disposable {
     this.start = start;
     this.count = fds.length;
     this.#fds = fds;
-    this.#vectors = fds.map((fd, i) => new IrqVector(this, h, start + i, fd, poller));
+    this.#vectors = fds.map((fd, i) => new IrqVector(this, h, start + i, fd));
   }
 
   get enabled(): boolean {
@@ -503,7 +567,7 @@ export class Irqs implements Disposable {
       }
       throw err instanceof VfioError ? err.annotate({ device: h.address }) : err;
     }
-    const set = new IrqSet(h, info, start, fds, EventfdPoller.of(h.sys), (s) => this.#release(s));
+    const set = new IrqSet(h, info, start, fds, (s) => this.#release(s));
     this.#sets.set(kind, set);
     return set;
   }

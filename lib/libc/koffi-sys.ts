@@ -11,9 +11,12 @@
 //   read/write family, ioctl, poll with the remaining timeout); never for close.
 import koffi from 'koffi';
 import { sysError } from './errors.js';
+import { EventfdPoller } from './eventfd-poller.js';
+import { watchOnEventLoop } from './eventfd-stream.js';
 import { AF_UNIX, SCM_MAX_FD, UNIX_PATH_MAX, type Fd, type PollFd, type RecvResult, type Sys } from './sys.js';
 
 const EINTR = 4;
+const EAGAIN = 11;
 const SC_PAGESIZE = 30;
 /** mmap's MAP_FAILED is (void *)-1, which koffi hands back as this BigInt (not null). */
 const MAP_FAILED = 0xffffffffffffffffn;
@@ -205,6 +208,16 @@ export const koffiSys: Sys = {
     return retrying('read', undefined, () => c.read(fd, buf, buf.byteLength));
   },
 
+  tryRead(fd, buf) {
+    for (;;) {
+      const r = Number(c.read(fd, buf, buf.byteLength));
+      if (r >= 0) return r;
+      const errno = koffi.errno();
+      if (errno === EAGAIN) return null;
+      if (errno !== EINTR) throw sysError('read', errno);
+    }
+  },
+
   write(fd, buf) {
     return retrying('write', undefined, () => c.write(fd, buf, buf.byteLength));
   },
@@ -258,6 +271,12 @@ export const koffiSys: Sys = {
       };
       attempt();
     });
+  },
+
+  watchEventfd(fd, watch) {
+    // The event loop's own epoll when this Node allows it (one wake-up per
+    // signal), else the shared poll thread.
+    return watchOnEventLoop(koffiSys, fd, watch) ?? EventfdPoller.of(koffiSys).watcher(fd, watch);
   },
 
   dup(fd) {

@@ -79,6 +79,24 @@ export interface RecvResult {
   readonly flags: number;
 }
 
+/** What an eventfd watch delivers (Sys.watchEventfd). */
+export interface EventfdWatch {
+  /** The eventfd's counter (>= 1), read and cleared after a wake. */
+  onCount(count: number): void;
+  /** The watch ended: its fd became invalid, or waiting itself failed. No call follows. */
+  onError(err: unknown): void;
+}
+
+/** Made by Sys.watchEventfd. Every method may be called in any state, any number of times. */
+export interface EventfdWatcher {
+  /** Delivers counts from now on; while started, the process stays alive. */
+  start(): void;
+  /** No callback runs after this returns, until start(). */
+  stop(): void;
+  /** Stops for good and releases what the watcher holds. */
+  close(): void;
+}
+
 export interface Sys {
   /** open(2). `mode` defaults to 0. */
   open(path: string, flags: number, mode?: number): Fd;
@@ -106,6 +124,13 @@ export interface Sys {
   view(addr: bigint, length: number): Uint8Array;
 
   read(fd: Fd, buf: Uint8Array): number;
+  /**
+   * read(2) of a non-blocking fd that answers null instead of throwing when
+   * nothing is there (EAGAIN): for an eventfd, "not signalled" is the common
+   * answer, not an error, and building an error costs far more than the read
+   * (tens of µs under emulation). Other failures throw as `read` does.
+   */
+  tryRead(fd: Fd, buf: Uint8Array): number | null;
   write(fd: Fd, buf: Uint8Array): number;
   pread(fd: Fd, buf: Uint8Array, offset: bigint): number;
   pwrite(fd: Fd, buf: Uint8Array, offset: bigint): number;
@@ -122,6 +147,17 @@ export interface Sys {
    * call and add a stop eventfd to end it.
    */
   pollAsync(fds: readonly PollFd[], timeoutMs: number): Promise<number[]>;
+
+  /**
+   * A watcher of an eventfd's counter, delivered on the event loop: while
+   * started, `watch.onCount(n)` after each signal, with the counter read and
+   * cleared (n >= 1, signals since the last delivery summed). Made stopped;
+   * while stopped nothing reads the eventfd (counts stay in it) and nothing
+   * keeps the process alive. If the fd fails, `watch.onError(err)` runs once
+   * and the watcher is closed. The caller keeps `fd` open until it has closed
+   * the watcher; one watcher per fd.
+   */
+  watchEventfd(fd: Fd, watch: EventfdWatch): EventfdWatcher;
 
   /** fcntl(fd, F_DUPFD_CLOEXEC, 0): a new fd (lowest free) for the same open file. */
   dup(fd: Fd): Fd;

@@ -28,10 +28,13 @@ import {
   POLLNVAL,
   PROT_READ,
   PROT_WRITE,
+  type EventfdWatch,
+  type EventfdWatcher,
   type Fd,
   type PollFd,
   type Sys,
 } from '../../lib/libc/sys.js';
+import { EventfdPoller } from '../../lib/libc/eventfd-poller.js';
 import { EventFdFile } from './eventfd.js';
 import { errnoNumber, fail, KernelError } from './errors.js';
 import type { FakeFile, IoctlArg, MmapTarget } from './files.js';
@@ -52,6 +55,7 @@ export type SysMethod =
   | 'mlock'
   | 'munlock'
   | 'read'
+  | 'tryRead'
   | 'write'
   | 'pread'
   | 'pwrite'
@@ -79,6 +83,7 @@ const KERNEL_NAME: Record<SysMethod, string> = {
   mlock: 'mlock',
   munlock: 'munlock',
   read: 'read',
+  tryRead: 'read',
   write: 'write',
   pread: 'pread',
   pwrite: 'pwrite',
@@ -328,6 +333,19 @@ export class FakeSys implements Sys {
     });
   }
 
+  tryRead(fd: Fd, buf: Uint8Array): number | null {
+    try {
+      return this.enter('tryRead', { fd, ...this.fileInfo(fd) }, () => {
+        const f = this.k.fds.get(fd);
+        if (!f.readable) fail('EBADF', 'fd is not open for reading');
+        return f.read(buf);
+      });
+    } catch (e) {
+      if (e instanceof VfioError && e.code === 'EAGAIN') return null;
+      throw e;
+    }
+  }
+
   write(fd: Fd, buf: Uint8Array): number {
     return this.enter('write', { fd, ...this.fileInfo(fd) }, () => {
       const f = this.k.fds.get(fd);
@@ -411,6 +429,15 @@ export class FakeSys implements Sys {
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  /**
+   * The library's portable watch (a poll thread over pollAsync): the fake has
+   * no event loop of its own to hand an fd to, and its pollAsync already
+   * wakes on the fake eventfds' signals.
+   */
+  watchEventfd(fd: Fd, watch: EventfdWatch): EventfdWatcher {
+    return EventfdPoller.of(this).watcher(fd, watch);
   }
 
   dup(fd: Fd): Fd {

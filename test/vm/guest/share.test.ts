@@ -18,7 +18,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { createVfio, VfioError, type Container, type DmaBuffer } from '../../../lib/index.js';
-import { EventfdPoller } from '../../../lib/device-io/eventfd-poller.js';
+import { EventfdPoller } from '../../../lib/libc/eventfd-poller.js';
 import { koffiSys } from '../../../lib/libc/koffi-sys.js';
 import { ShareServer, connectPrimary, lendToThread } from '../../../lib/share/index.js';
 import { EDU_ID, REG, newFds, openFds } from './edu.js';
@@ -226,7 +226,8 @@ if (env === null) {
     dev.release();
     sec.close();
     v2.close();
-    // The interrupt poller closes its stop eventfd once its poll has returned.
+    // Where the poll thread watches the eventfds (the fallback), it closes its
+    // stop eventfd once its poll has returned.
     await EventfdPoller.of(koffiSys).idle();
     t.same(newFds(fdsAtStart).filter((fd) => !fd.endsWith(' -> /dev/null')), [], 'nothing left open');
   });

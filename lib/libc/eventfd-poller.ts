@@ -1,6 +1,9 @@
 // Waits for many eventfds at once without blocking the event loop: one
 // poll(2) over every watched eventfd plus a stop eventfd, run on one libuv
-// pool thread (`sys.pollAsync`), re-armed after each wake.
+// pool thread (`sys.pollAsync`), re-armed after each wake. The portable way
+// to implement `Sys.watchEventfd`, built on the rest of `Sys` only: the real
+// kernel's Sys prefers the event loop's own epoll (./eventfd-stream.ts) and
+// falls back to this; the fake kernel (test/fake) uses this.
 //
 // Guarantees:
 // - One in-flight poll per Sys, whatever the number of vectors and devices:
@@ -15,20 +18,13 @@
 //   that was unwatched (and maybe closed and its number reused) while the
 //   poll was in flight are dropped, because watches are matched by identity,
 //   not by fd number.
-import { VfioError } from '../libc/errors.js';
-import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLNVAL, type Fd, type Sys } from '../libc/sys.js';
-
-export interface EventfdWatch {
-  /** The eventfd's counter (>= 1), read and cleared after a wake. */
-  onCount(count: number): void;
-  /** The watch ended: its fd became invalid, or poll itself failed. */
-  onError(err: unknown): void;
-}
+import { VfioError } from './errors.js';
+import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLNVAL, type EventfdWatch, type EventfdWatcher, type Fd, type Sys } from './sys.js';
 
 const pollers = new WeakMap<Sys, EventfdPoller>();
 
 /** Runs a listener; a throwing listener surfaces as an uncaught exception, as from an EventEmitter, without breaking the poll loop. */
-function deliver(fn: () => void): void {
+export function deliver(fn: () => void): void {
   try {
     fn();
   } catch (err) {
@@ -78,6 +74,35 @@ export class EventfdPoller {
       if (this.#watches.get(fd) !== w) return;
       this.#watches.delete(fd);
       this.#kick();
+    };
+  }
+
+  /** A watcher of `fd` over this poller (the portable Sys.watchEventfd). */
+  watcher(fd: Fd, w: EventfdWatch): EventfdWatcher {
+    let off: (() => void) | null = null;
+    let closed = false;
+    const stop = (): void => {
+      const o = off;
+      off = null;
+      o?.();
+    };
+    return {
+      start: () => {
+        if (off !== null || closed) return;
+        off = this.watch(fd, {
+          onCount: w.onCount,
+          onError: (err) => {
+            off = null;
+            closed = true;
+            w.onError(err);
+          },
+        });
+      },
+      stop,
+      close: () => {
+        closed = true;
+        stop();
+      },
     };
   }
 
@@ -167,14 +192,15 @@ export class EventfdPoller {
     }
   }
 
-  /** Reads and clears an eventfd's counter; 0 when it was not signalled (EAGAIN). */
   #readCount(fd: Fd): number {
-    try {
-      this.#sys.read(fd, this.#counter);
-    } catch (err) {
-      if (err instanceof VfioError && err.code === 'EAGAIN') return 0;
-      throw err;
-    }
-    return Number(this.#counter.readBigUInt64LE(0));
+    return readEventfdCount(this.#sys, fd, this.#counter);
   }
+}
+
+/**
+ * Reads and clears a non-blocking eventfd's counter into `buf` (8 bytes); 0
+ * when it was not signalled (EAGAIN). Other failures throw.
+ */
+export function readEventfdCount(sys: Sys, fd: Fd, buf: Buffer): number {
+  return sys.tryRead(fd, buf) === null ? 0 : Number(buf.readBigUInt64LE(0));
 }
