@@ -24,3 +24,16 @@ export function intArg(n: number): Uint8Array {
   new DataView(b.buffer).setInt32(0, n, true);
   return b;
 }
+
+/**
+ * Polls `done` every millisecond until it holds, as a driver waits on a
+ * status register (the fake's devices work on their own clock, as QEMU's
+ * do); throws after `ms`.
+ */
+export async function until(what: string, done: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}

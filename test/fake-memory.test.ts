@@ -22,9 +22,20 @@ import {
   PROT_WRITE,
 } from '../lib/libc/sys.js';
 import { VfioError } from '../lib/libc/errors.js';
-import { VFIO_GET_API_VERSION } from '../lib/uapi/vfio.js';
-import { FakeKernel, edu, type FakeKernelOptions } from './fake/index.js';
-import { ANON, RW, freshKernel } from './fake-harness.js';
+import { alloc } from '../lib/uapi/codec.js';
+import {
+  VFIO_GET_API_VERSION,
+  VFIO_GROUP_GET_DEVICE_FD,
+  VFIO_GROUP_SET_CONTAINER,
+  VFIO_IOMMU_MAP_DMA,
+  VFIO_IOMMU_UNMAP_DMA,
+  VFIO_SET_IOMMU,
+  VFIO_TYPE1v2_IOMMU,
+  vfio_iommu_type1_dma_map,
+  vfio_iommu_type1_dma_unmap,
+} from '../lib/uapi/vfio.js';
+import { EDU_ID, FakeKernel, edu, type FakeKernelOptions } from './fake/index.js';
+import { ANON, RW, freshKernel, intArg } from './fake-harness.js';
 
 function u64(n: bigint): Uint8Array {
   const b = new Uint8Array(8);
@@ -266,4 +277,58 @@ t.test('PROT_NONE mappings cannot be viewed', async (t) => {
   const a = k.sys.mmap(4096, PROT_NONE, ANON, -1, 0n);
   t.throws(() => k.sys.view(a, 1), { code: 'EFAULT' });
   k.sys.munmap(a, 4096);
+});
+
+t.test('munmap takes the views made through the mapping with it, while the memory lives on', async (t) => {
+  const k = fresh(t);
+  const s = k.sys;
+  const c = s.open(`${k.devRoot}/vfio/vfio`, O_RDWR);
+  const g = s.open(`${k.devRoot}/vfio/3`, O_RDWR);
+  s.ioctl(g, VFIO_GROUP_SET_CONTAINER, intArg(c));
+  s.ioctlInt(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU);
+  const d = s.ioctl(g, VFIO_GROUP_GET_DEVICE_FD, Buffer.from('0000:00:03.0\0'));
+
+  // Device memory: the device keeps its BAR; the process's view of it goes.
+  let bar = s.mmap(4096, RW, MAP_SHARED, d, 0n);
+  const regs = new Uint32Array(s.view(bar, 4096).buffer, s.view(bar, 4096).byteOffset, 1024);
+  t.equal(regs[0], EDU_ID);
+  s.munmap(bar, 4096);
+  t.equal(regs.length, 0, 'a BAR view is empty after munmap (the process would SIGSEGV)');
+  t.equal(regs[0], undefined, 'and reads undefined');
+  bar = s.mmap(4096, RW, MAP_SHARED, d, 0n);
+  t.equal(s.view(bar, 4)[0], 0xed, 'a new mapping shows the registers again');
+  s.munmap(bar, 4096);
+
+  // memfd memory: the file keeps its pages; views of two mappings go with the last one.
+  const fd = s.memfdCreate('buf', 0);
+  s.ftruncate(fd, 4096n);
+  const m1 = s.mmap(4096, RW, MAP_SHARED, fd, 0n);
+  const m2 = s.mmap(4096, RW, MAP_SHARED, fd, 0n);
+  const v1 = s.view(m1, 4096);
+  const v2 = s.view(m2, 4096);
+  v1[0] = 9;
+  s.munmap(m1, 4096);
+  t.equal(v2[0], 9, 'another mapping of the same pages keeps its views (and, a limit of the fake, so does the stale one)');
+  s.munmap(m2, 4096);
+  t.equal(v2.length, 0, 'the last munmap empties every view of the file\'s pages');
+  const m3 = s.mmap(4096, RW, MAP_SHARED, fd, 0n);
+  t.equal(s.view(m3, 1)[0], 9, 'the file kept its bytes');
+  s.munmap(m3, 4096);
+  s.close(fd);
+
+  // Anonymous memory pinned for DMA: the pages stay the device's until the DMA mapping goes.
+  const a = s.mmap(4096, RW, ANON, -1, 0n);
+  const va = s.view(a, 4096);
+  va[7] = 0x77;
+  s.ioctl(c, VFIO_IOMMU_MAP_DMA, alloc(vfio_iommu_type1_dma_map, { argsz: 32, flags: 3, vaddr: a, iova: 0x100000n, size: 4096n }));
+  s.munmap(a, 4096);
+  t.equal(va.length, 0, 'the view of pinned memory is gone with its mapping');
+  const cmd = new Uint8Array(2);
+  s.pread(d, cmd, (7n << 40n) + 4n);
+  cmd[0]! |= 0x4;
+  s.pwrite(d, cmd, (7n << 40n) + 4n);
+  t.equal(k.device('0000:00:03.0').dmaRead(0x100007n, 1)[0], 0x77, 'the device still reaches the pinned pages');
+  s.ioctl(c, VFIO_IOMMU_UNMAP_DMA, alloc(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, iova: 0x100000n, size: 4096n }));
+  [d, g, c].forEach((x) => s.close(x));
+  t.same(k.leaks(), { fds: 0, mappings: 0, pinned: 0 });
 });

@@ -15,6 +15,7 @@ import { AF_UNIX, MSG_DONTWAIT, MSG_NOSIGNAL, SOCK_CLOEXEC, SOCK_SEQPACKET, type
 import { ShareServer, connectPrimary, lendToThread, adoptFromThread, PROTOCOL_VERSION } from '../lib/share/index.js';
 import { VFIO_NOIOMMU_IOMMU, VFIO_TYPE1v2_IOMMU } from '../lib/uapi/vfio.js';
 import { EDU_ID, FakeKernel, edu, type FakeMode } from './fake/index.js';
+import { until } from './fake-harness.js';
 
 const EDU = '0000:00:03.0';
 const EDU2 = '0000:00:04.0';
@@ -49,13 +50,13 @@ function servedContainer(v: Vfio, mode: FakeMode): { c: Container; extra: Contai
   return { c: v.createContainer({ mode, iommufdOf: first }), extra: [first, second] };
 }
 
-/** One edu DMA through BAR0; the fake's device acts at the next system call. */
-function eduDma(kernel: FakeKernel, bar: Region, src: bigint, dst: bigint, count: number, toRam: boolean): void {
+/** One edu DMA through BAR0, waited for as a driver must: until the device clears the start bit. */
+async function eduDma(bar: Region, src: bigint, dst: bigint, count: number, toRam: boolean): Promise<void> {
   bar.write64(0x80, src);
   bar.write64(0x88, dst);
   bar.write64(0x90, BigInt(count));
   bar.write32(0x98, 0x1 | (toRam ? 0x2 : 0));
-  kernel.tickDevices();
+  await until('the edu DMA', () => (bar.read32(0x98) & 0x1) === 0);
 }
 
 async function rejection(p: Promise<unknown>): Promise<VfioError | string> {
@@ -129,8 +130,8 @@ for (const mode of MODES) {
 
     // RAM (the secondary's own buffer) -> edu -> RAM (the primary's shared buffer).
     own.bytes.fill(0xc3, 0, 64);
-    eduDma(kernel, bar, own.iova, EDU_BUF, 64, false);
-    eduDma(kernel, bar, EDU_BUF, imported.iovaAt(1024), 64, true);
+    await eduDma(bar, own.iova, EDU_BUF, 64, false);
+    await eduDma(bar, EDU_BUF, imported.iovaAt(1024), 64, true);
     t.same([...shared.bytes.subarray(1024, 1088)], new Array(64).fill(0xc3), 'the primary sees what the secondary had the device write');
 
     // Interrupts: the secondary's own eventfds.
@@ -358,8 +359,8 @@ t.test('worker-thread tickets (adopted here, on the fake): devices, buffers, win
     const own = borrow.container.allocDma(4096, { dmaLimit: DMA_LIMIT });
     dev.config.setBusMaster(true);
     own.bytes.fill(9, 0, 8);
-    eduDma(kernel, bar, own.iova, EDU_BUF, 8, false);
-    eduDma(kernel, bar, EDU_BUF, shared.iova, 8, true);
+    await eduDma(bar, own.iova, EDU_BUF, 8, false);
+    await eduDma(bar, EDU_BUF, shared.iova, 8, true);
     t.same([...shared.bytes.subarray(0, 8)], new Array(8).fill(9), `${mode}: DMA from the thread's buffer into the lender's`);
     borrow.close();
     lease.end();

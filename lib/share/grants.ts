@@ -8,13 +8,14 @@
 // and the IOAS id; group and no-IOMMU grants the container fd, the IOMMU
 // type the lender set, and the groups with their fds.
 import type { Container, LentDevice } from '../container/container.js';
-import type { DmaBuffer } from '../dma.js';
+import { HUGE_PAGE_SIZE, type DmaBuffer } from '../dma.js';
 import { closedError, usageError } from '../libc/errors.js';
 import type { Fd } from '../libc/sys.js';
 import { VFIO_NOIOMMU_IOMMU, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU } from '../uapi/vfio.js';
 import {
   arr,
   big,
+  bool,
   int,
   intOrNull,
   obj,
@@ -62,13 +63,14 @@ export function encodeDevice(d: LentDevice, groupFd: Fd | null, out: OutgoingFds
 }
 
 /**
- * The grant of a shareable buffer: its memfd, size and IOVA.
+ * The grant of a shareable buffer: its memfd, size, IOVA, and whether it is
+ * on huge pages (the borrower's DmaBuffer says so too).
  * @throws VfioError ECLOSED freed; EINVAL not shareable or not mapped.
  */
 export function encodeBuffer(name: string, buf: DmaBuffer, out: OutgoingFds): WireBuffer {
   const memfd = buf.memfd;
   const iova = buf.iova;
-  return { name, memfd: out.slot(memfd), size: buf.size, iova: iova.toString() };
+  return { name, memfd: out.slot(memfd), size: buf.size, iova: iova.toString(), hugepages: buf.hugepages };
 }
 
 export function encodeWindow(iova: bigint, size: bigint, granule: bigint): WireWindow {
@@ -101,6 +103,12 @@ export interface BufferGrant {
   readonly memfd: { readonly slot: number; readonly fd: Fd };
   readonly size: number;
   readonly iova: bigint;
+  /**
+   * 2 MiB huge pages (a hugetlbfs memfd). Nothing more to do for the IOVA:
+   * it is the lender's mapping (2 MiB-aligned when the lender let allocDma
+   * choose it), which the borrower uses as it is and cannot change.
+   */
+  readonly hugepages: boolean;
 }
 
 export interface WindowGrant {
@@ -169,8 +177,10 @@ export function decodeDevice(v: unknown, fds: FdSlots, mode: ContainerGrant['mod
 export function decodeBuffer(v: unknown, fds: FdSlots, pageSize: number): BufferGrant {
   const o = obj(v, 'buffer');
   const size = int(o, 'size', 'buffer');
-  if (size === 0 || size % pageSize !== 0) throw protocolError(`buffer.size ${size} is not a whole number of pages`);
-  return { name: str(o, 'name', 'buffer'), memfd: slotOf(o, 'memfd', 'buffer', fds), size, iova: big(o, 'iova', 'buffer') };
+  const hugepages = bool(o, 'hugepages', 'buffer');
+  const unit = hugepages ? HUGE_PAGE_SIZE : pageSize;
+  if (size === 0 || size % unit !== 0) throw protocolError(`buffer.size ${size} is not a whole number of ${hugepages ? 'huge ' : ''}pages`);
+  return { name: str(o, 'name', 'buffer'), memfd: slotOf(o, 'memfd', 'buffer', fds), size, iova: big(o, 'iova', 'buffer'), hugepages };
 }
 
 /** @throws VfioError EPROTO anything that is not a well-formed IOVA window. */

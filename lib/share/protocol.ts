@@ -63,12 +63,14 @@ export interface WireDevice {
   readonly path: string;
 }
 
-/** A shareable DMA buffer: its memfd, size and the IOVA it is mapped at. */
+/** A shareable DMA buffer: its memfd, size, the IOVA it is mapped at, and whether its pages are 2 MiB huge pages. */
 export interface WireBuffer {
   readonly name: string;
   readonly memfd: number;
   readonly size: number;
   readonly iova: string;
+  /** The memfd is hugetlbfs (MFD_HUGETLB, 2 MiB): the size is a whole number of huge pages. */
+  readonly hugepages: boolean;
 }
 
 /** An IOVA block reserved for the secondary, and the IOMMU granule to keep to. */
@@ -125,6 +127,12 @@ export function big(o: Json, key: string, what: string): bigint {
 
 export function bigOrUndefined(o: Json, key: string, what: string): bigint | undefined {
   return o[key] === undefined ? undefined : big(o, key, what);
+}
+
+export function bool(o: Json, key: string, what: string): boolean {
+  const v = o[key];
+  if (typeof v !== 'boolean') throw protocolError(`${what}.${key} is not a boolean`);
+  return v;
 }
 
 export function arr(o: Json, key: string, what: string): unknown[] {

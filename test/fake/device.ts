@@ -2,6 +2,13 @@
 // optional behavioural model, and what vfio-pci does with it (vfio_pci_core.c
 // and vfio_pci_rdwr.c): region info, region read/write, region mmap, enable
 // on first open, disable on last close, function reset.
+//
+// Time: a model runs at its ticks (device-model.ts). Besides the ticks the
+// Sys gives it, a device ticks when its model asked (`wakeAt`, one timer) and
+// every BUS_CLOCK_MS while it is open (the bus clock). Both timers are
+// unref'd: they never keep the process alive on their own (whoever waits for
+// the device holds the process: a pending pollAsync, a sleep), and
+// `dispose()` stops them.
 import {
   vfio_region_info_cap_sparse_mmap,
   vfio_region_info_cap_type,
@@ -25,7 +32,7 @@ import { write } from '../../lib/uapi/codec.js';
 import { CapChain } from './caps.js';
 import { ConfigSpace, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type BarLayout } from './config-space.js';
 import type { KernelCore } from './core.js';
-import type { DeviceContext, DeviceModel, IrqKind } from './device-model.js';
+import type { AccessWidth, DeviceContext, DeviceModel, IrqKind } from './device-model.js';
 import { fail } from './errors.js';
 import type { EventFdFile } from './eventfd.js';
 import type { MmapRequest, MmapTarget } from './files.js';
@@ -36,6 +43,8 @@ import type { PciDeviceDescription } from './pci-spec.js';
 /** VFIO_PCI_OFFSET_SHIFT: a region's offset in the device fd is its index << 40. */
 export const REGION_SHIFT = 40n;
 const POS_MASK = (1n << REGION_SHIFT) - 1n;
+/** How often an open device with a model looks at its registers with no system call made. */
+const BUS_CLOCK_MS = 1;
 
 /** Device-visible memory: the IOMMU's translation for this device, or physical memory (no-IOMMU). */
 export interface DmaSpace {
@@ -45,6 +54,8 @@ export interface DmaSpace {
 
 /** What the device needs from the rest of the fake kernel. */
 export interface DeviceHost extends KernelCore {
+  /** Every PCI device of the machine (the topology a bus reset looks at). */
+  readonly pciDevices: ReadonlyMap<string, FakePciDevice>;
   /** Where the device's DMA lands now, or why it is blocked. */
   dmaSpaceOf(dev: FakePciDevice): DmaSpace | string;
   /** eventfd_ctx_fdget() on the process's fd table. */
@@ -82,6 +93,10 @@ export class FakePciDevice implements DeviceContext {
   resetWorks = false;
   /** How many times the device was reset (function, hot, or on open/close). */
   resets = 0;
+  /** The tick the model asked for (wakeAt), if any. */
+  private wake: { readonly at: number; readonly timer: NodeJS.Timeout } | null = null;
+  /** The bus clock while the device is open. */
+  private clock: NodeJS.Timeout | null = null;
 
   constructor(
     readonly desc: PciDeviceDescription,
@@ -212,9 +227,45 @@ export class FakePciDevice implements DeviceContext {
     this.dmaSpace().write(iova, bytes);
   }
 
-  /** Lets the model act on register writes made since the last call. */
+  now(): number {
+    return performance.now();
+  }
+
+  wakeAt(at: number): void {
+    if (this.wake !== null && this.wake.at <= at) return;
+    if (this.wake !== null) clearTimeout(this.wake.timer);
+    const timer = setTimeout(() => {
+      this.wake = null;
+      this.timerTick();
+    }, Math.max(0, Math.ceil(at - this.now())));
+    timer.unref();
+    this.wake = { at, timer };
+  }
+
+  /** Lets the model act on register writes made since the last call, and on work that is due. */
   tick(): void {
     this.model?.tick(this);
+  }
+
+  /** A tick from a timer: nobody to throw to, so a model failure goes to the kernel log. */
+  private timerTick(): void {
+    try {
+      this.tick();
+    } catch (e) {
+      this.log(`device model failed in a timer tick: ${(e as Error).message}`);
+    }
+  }
+
+  /** Stops the device's timers (the machine is going away). */
+  dispose(): void {
+    if (this.wake !== null) clearTimeout(this.wake.timer);
+    this.wake = null;
+    this.stopClock();
+  }
+
+  private stopClock(): void {
+    if (this.clock !== null) clearInterval(this.clock);
+    this.clock = null;
   }
 
   private msixMasked(v: number): boolean {
@@ -237,12 +288,28 @@ export class FakePciDevice implements DeviceContext {
     const kinds = [...this.bars.values()].map((b) => b.layout.type);
     if (kinds.some((t) => t !== 'io') || this.rom !== null) this.config.setCommandBits(PCI_COMMAND_MEMORY, true);
     if (kinds.includes('io')) this.config.setCommandBits(PCI_COMMAND_IO, true);
-    this.resetWorks = this.desc.reset;
+    this.resetWorks = this.desc.reset === 'bus' ? this.aloneBehindBridge() : this.desc.reset;
     if (this.resetWorks) this.functionReset();
+    if (this.model !== null && this.clock === null) {
+      this.clock = setInterval(() => this.timerTick(), BUS_CLOCK_MS);
+      this.clock.unref();
+    }
+  }
+
+  /**
+   * pci_parent_bus_reset()'s condition: not on the root bus (bus 00 here;
+   * every other bus sits behind its own bridge) and no other device on the
+   * bus, VFIO's or not.
+   */
+  private aloneBehindBridge(): boolean {
+    const { segment, bus } = this.desc;
+    if (bus === 0) return false;
+    return ![...this.host.pciDevices.values()].some((d) => d !== this && d.desc.segment === segment && d.desc.bus === bus);
   }
 
   /** vfio_pci_core_close_device(): last close. */
   disable(): void {
+    this.stopClock();
     this.irqs.disableAll();
     if (this.resetWorks) this.functionReset();
     this.config.restore();
@@ -307,6 +374,10 @@ export class FakePciDevice implements DeviceContext {
       if (isWrite ? !b.write : !b.read) fail('EINVAL', `BAR ${index} cannot be ${isWrite ? 'written' : 'read'}`);
       const t = this.config.msixTable();
       const excl = t !== null && t.bar === index ? t : null;
+      const model = this.model;
+      if (model?.read !== undefined && model.write !== undefined) {
+        return this.accessRw(model as Required<DeviceModel>, index, b.layout.size, pos, buf, isWrite, b.layout.type !== 'io', excl);
+      }
       if (!isWrite) this.tick();
       const n = this.memRw(b.backing, b.layout.size, pos, buf, isWrite, b.layout.type !== 'io', excl);
       if (isWrite) this.tick();
@@ -352,6 +423,47 @@ export class FakePciDevice implements DeviceContext {
     return count;
   }
 
+  /**
+   * vfio_pci_core_do_io_rw() on a device whose model takes accesses: each
+   * step is one access of the widest of 8, 4, 2, 1 bytes that the offset's
+   * alignment and the bytes left allow (8 needs ioread64, which x86-64 has);
+   * the excluded MSI-X table reads ~0 and drops writes.
+   */
+  private accessRw(
+    model: Required<DeviceModel>,
+    index: number,
+    end: number,
+    pos: bigint,
+    buf: Uint8Array,
+    isWrite: boolean,
+    testMem: boolean,
+    excl: { offset: number; size: number } | null,
+  ): number {
+    if (pos >= BigInt(end)) fail('EINVAL', `offset ${pos} is past the region's ${end} bytes`);
+    if (testMem && !this.config.memoryEnabled) fail('EIO', 'memory decoding is disabled in the command register');
+    const start = Number(pos);
+    const count = Math.min(buf.byteLength, end - start);
+    const dv = new DataView(buf.buffer, buf.byteOffset, count);
+    let done = 0;
+    while (done < count) {
+      const off = start + done;
+      const left = count - done;
+      let fillable = left;
+      if (excl !== null) fillable = off < excl.offset ? Math.min(left, excl.offset - off) : off >= excl.offset + excl.size ? left : 0;
+      if (fillable === 0) {
+        const n = Math.min(left, excl!.offset + excl!.size - off);
+        if (!isWrite) buf.fill(0xff, done, done + n);
+        done += n;
+        continue;
+      }
+      const width: AccessWidth = fillable >= 8 && off % 8 === 0 ? 8 : fillable >= 4 && off % 4 === 0 ? 4 : fillable >= 2 && off % 2 === 0 ? 2 : 1;
+      if (isWrite) model.write(this, index, off, width, getLe(dv, done, width));
+      else setLe(dv, done, width, model.read(this, index, off, width));
+      done += width;
+    }
+    return count;
+  }
+
   /** vfio_pci_core_mmap(). */
   mmap(req: MmapRequest): MmapTarget {
     const index = Number(req.offset >> REGION_SHIFT);
@@ -379,5 +491,33 @@ export class FakePciDevice implements DeviceContext {
       hugeSize: 0,
       accessFault: () => (this.config.memoryEnabled ? null : `${this.address}: memory decoding is off (the access would SIGBUS)`),
     };
+  }
+}
+
+function getLe(dv: DataView, at: number, width: AccessWidth): bigint {
+  switch (width) {
+    case 1:
+      return BigInt(dv.getUint8(at));
+    case 2:
+      return BigInt(dv.getUint16(at, true));
+    case 4:
+      return BigInt(dv.getUint32(at, true));
+    case 8:
+      return dv.getBigUint64(at, true);
+  }
+}
+
+function setLe(dv: DataView, at: number, width: AccessWidth, v: bigint): void {
+  const mask = (1n << BigInt(8 * width)) - 1n;
+  const x = v & mask;
+  switch (width) {
+    case 1:
+      return dv.setUint8(at, Number(x));
+    case 2:
+      return dv.setUint16(at, Number(x), true);
+    case 4:
+      return dv.setUint32(at, Number(x), true);
+    case 8:
+      return dv.setBigUint64(at, x, true);
   }
 }

@@ -564,9 +564,10 @@ export class FakeKernel implements KernelCore, VfioHost {
     };
   }
 
-  /** Removes the temporary /sys, /dev and /proc and ends pending polls. */
+  /** Removes the temporary /sys, /dev and /proc, ends pending polls and stops the devices' timers. */
   dispose(): void {
     for (const cancel of [...this.pending]) cancel();
+    for (const d of this.pciDevices.values()) d.dispose();
     rmSync(this.trees.base, { recursive: true, force: true });
   }
 }

@@ -10,10 +10,19 @@
 //   handed out lazily and never contiguous from one 4 KiB page to the next
 //   (hugetlb pages are contiguous within the huge page), so no-IOMMU code that
 //   assumes physical contiguity fails here as it would on a real machine.
+// - A view handed out through a mapping dies with the mapping: when munmap
+//   removes the last mapping of a backing (anonymous, memfd or device BAR
+//   memory) the bytes move to a new ArrayBuffer and the old one is detached,
+//   so a stale view reads as empty (length 0, elements undefined) instead of
+//   silently still "working" (the real process would SIGSEGV). Whatever
+//   still holds the memory (a DMA pin, the memfd, the device) reaches it
+//   through `backing.buffer`, never through a view kept from before. Not
+//   caught: a stale view while another mapping of the same memory lives
+//   (one ArrayBuffer cannot be detached for one mapping only), or over the
+//   unmapped part of a partly unmapped mapping.
 // - When the last mapping, pin and file reference of an anonymous or memfd
-//   backing is gone its ArrayBuffer is detached: a stale view reads as empty
-//   instead of silently still "working" (the real kernel would SIGSEGV).
-//   Device (BAR) memory belongs to the device and is never detached.
+//   backing is gone its ArrayBuffer is detached for good. Device (BAR)
+//   memory belongs to the device and lives on.
 import { fail } from './errors.js';
 import type { AddressAccess } from './uaccess.js';
 
@@ -136,6 +145,16 @@ export class Backing {
     this.refs++;
   }
 
+  /**
+   * The last mapping is gone but the memory lives on (pinned, a file's, a
+   * device's): the same bytes in a new ArrayBuffer; every view made before
+   * is detached.
+   */
+  detachViews(): void {
+    if (this.detached) return;
+    this.buffer = structuredClone(this.buffer, { transfer: [this.buffer] });
+  }
+
   /** Drops a reference; anonymous and memfd memory is freed with the last one. */
   drop(): void {
     if (--this.refs > 0 || this.kind === 'device') return;
@@ -245,6 +264,9 @@ export class AddressSpace implements AddressAccess {
       if (end < v.end) pieces.push({ ...v, start: end, offset: v.offset + Number(end - v.start) });
       for (const p of pieces) this.insert(p);
       this.release(v);
+    }
+    for (const b of new Set(hit.map((v) => v.backing))) {
+      if (!this.vmas.some((v) => v.backing === b)) b.detachViews();
     }
     for (let p = start >> PAGE_SHIFT; p < end >> PAGE_SHIFT; p++) {
       this.locked.delete(p);

@@ -88,11 +88,24 @@ export interface PciDeviceSpec {
   readonly pcie?: boolean;
   /** Raw config space (256 or 4096 bytes) instead of the built one, or a function that edits the built one. */
   readonly config?: Uint8Array | ((cfg: ConfigBuilder) => void);
-  /** Whether a function reset works (VFIO_DEVICE_FLAGS_RESET). Default true. */
-  readonly reset?: boolean;
+  /**
+   * Whether pci_try_reset_function() works, which vfio-pci tries at the first
+   * open and reports as VFIO_DEVICE_FLAGS_RESET. `true` (default): the
+   * device has a function-level method (FLR, PM reset, ...). `false`: none.
+   * `'bus'`: no function-level method, so Linux falls back to resetting the
+   * device's bus (pci_parent_bus_reset), which it does only for a device
+   * behind a bridge (not on the root bus, bus 00 in the fake's topology) and
+   * alone on its bus: QEMU's conventional devices such as edu.
+   */
+  readonly reset?: boolean | 'bus';
   /** The bound driver: 'vfio-pci' (default), another driver's name, or null for none. */
   readonly driver?: string | null;
-  /** Devices with the same name share a bus (slot) that a hot reset resets together; none: no hot reset. */
+  /**
+   * Devices with the same name share a bus (slot) that a hot reset resets
+   * together. Default: the device's bus when it is behind a bridge (bus
+   * other than 00: pci_probe_reset_bus works there), none on the root bus
+   * (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: ENODEV).
+   */
   readonly hotResetGroup?: string;
   /** Whether MSI-X vectors can be added while enabled (x86 with interrupt remapping: yes). Default true. */
   readonly dynamicMsix?: boolean;
@@ -125,7 +138,7 @@ export interface PciDeviceDescription {
   readonly pcie: boolean;
   /** Initial config space, BAR address bits still zero (the kernel assigns addresses). */
   readonly config: Uint8Array;
-  readonly reset: boolean;
+  readonly reset: boolean | 'bus';
   readonly driver: string | null;
   readonly hotResetGroup: string | null;
   readonly dynamicMsix: boolean;
@@ -320,7 +333,7 @@ export function pciDevice(spec: PciDeviceSpec): PciDeviceDescription {
     config,
     reset: spec.reset ?? true,
     driver: spec.driver === undefined ? 'vfio-pci' : spec.driver,
-    hotResetGroup: spec.hotResetGroup ?? null,
+    hotResetGroup: spec.hotResetGroup ?? (parseInt(bus, 16) === 0 ? null : `bus ${seg}:${bus}`),
     dynamicMsix: spec.dynamicMsix ?? true,
     atomicOps: {
       comp32: spec.atomicOps?.comp32 ?? false,
