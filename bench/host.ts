@@ -25,7 +25,10 @@ import { join } from 'node:path';
 import { cachedSource, newestSource, versionOfStamp } from '../uapi-gen/headers.js';
 import { repoRoot } from '../uapi-gen/paths.js';
 import { UAPI_SOURCE } from '../lib/uapi/vfio.js';
-import { CASES, isHostCase, missing, parseEnv, parseSamples, scaling, summarize, table, type CaseResult, type ScaleResult } from './report.js';
+import { CASES, isHostCase, missing, parseEnv, parseSamples, publishBetweenMarkers, scaling, summarize, table, type CaseResult, type ScaleResult } from './report.js';
+
+/** The modes of a full, published run. */
+const DEFAULT_MODES = ['group', 'cdev'] as const;
 
 interface Options {
   quick: boolean;
@@ -39,7 +42,7 @@ function usage(msg: string): never {
 }
 
 function parseArgs(argv: readonly string[]): Options {
-  const o: Options = { quick: false, modes: ['group', 'cdev'], rounds: 0 };
+  const o: Options = { quick: false, modes: [...DEFAULT_MODES], rounds: 0 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const value = (): string => argv[++i] ?? usage(`${a} needs a value`);
@@ -215,6 +218,20 @@ async function main(): Promise<number> {
   };
   const file = opts.quick ? join(build, 'results-quick.json') : join(repo, 'bench/results.json');
   writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+  // A full run of the default modes is the published one: its table goes
+  // into the READMEs, so that they always show the latest numbers.
+  if (!opts.quick && opts.modes.join(' ') === DEFAULT_MODES.join(' ')) {
+    const stamp =
+      `Run of ${report.generated.slice(0, 10)}: \`${report.command}\`, ${opts.rounds} rounds per mode, ${seconds} s; ` +
+      `host load ${hostBefore.loadavg[0]} before, ${hostAfter.loadavg[0]} after (${cpus().length} cores); ` +
+      `guest kernel ${String(report.guest[0]?.['kernel'] ?? '?')}, Node ${process.version}. Times per operation (per interrupt for \`irq*\`).`;
+    for (const doc of ['README.md', 'bench/README.md']) {
+      const path = join(repo, doc);
+      const updated = publishBetweenMarkers(readFileSync(path, 'utf8'), `${stamp}\n\n${text}`);
+      if (updated === null) process.stderr.write(`bench: ${doc} has no table markers; not updated\n`);
+      else writeFileSync(path, updated);
+    }
+  }
 
   const targets = [...results.map((r) => r.met), ...scale.map((s) => s.met)].filter((m) => m !== null);
   const metCount = targets.filter((m) => m).length;

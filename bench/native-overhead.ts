@@ -2,21 +2,31 @@
 // around the kernel's work, without TCG and without the kernel.
 //
 // The fake kernel (test/fake) sets the device up; then the hot ioctls of the
-// `lib-*` cases are answered by a stub that does nothing (DMA map/unmap) or
-// writes BAR0's answer (region info), so the time left is the library's
-// JavaScript plus the Sys dispatch — the part of the TS/C ratio that is ours.
-// Add the FFI's price (`ffi-floor`, host rows) for a real kernel call.
+// `lib-*` cases are answered by a stub that does nothing (DMA map/unmap: the
+// unmap's size field, left as asked, says all of it was unmapped) or copies
+// BAR0's prepared answer into the argument (region info: the kernel's
+// copy_to_user), so the time left is the library's JavaScript plus the Sys
+// dispatch — the part of the TS/C ratio that is ours. Add the FFI's price
+// (`ffi-floor`, host rows) for a real kernel call.
+//
+// `lib-bring-up-*` is the bring-up of bench/guest/main.ts (createContainer,
+// assignDevice, openDevice, info(), mapBar(0), irqs.enable('msi', 1)) with
+// the fake kernel answering every call, minus the time spent inside its Sys
+// calls (each one timed): what is left is the library's JavaScript and its
+// sysfs reads (real files: the fake's tree is on disk), plus the timing's own
+// cost (two clock reads per Sys call, ~50 calls). Teardown is not timed.
 //
 // Usage: node native-overhead.js ITERS BATCHES   Prints `BENCH {json}` lines (mode `host`).
-import { createVfio } from '../lib/context.js';
+import { createVfio, type Vfio } from '../lib/context.js';
 import type { Sys } from '../lib/libc/sys.js';
 import * as codec from '../lib/uapi/codec.js';
 import { IOMMU_IOAS_MAP, IOMMU_IOAS_UNMAP } from '../lib/uapi/iommufd.js';
 import { VFIO_DEVICE_GET_REGION_INFO, VFIO_IOMMU_MAP_DMA, VFIO_IOMMU_UNMAP_DMA, vfio_region_info } from '../lib/uapi/vfio.js';
 import { edu, FakeKernel } from '../test/fake/index.js';
 
-const STUBBED = new Set([VFIO_IOMMU_MAP_DMA, VFIO_IOMMU_UNMAP_DMA, IOMMU_IOAS_MAP, IOMMU_IOAS_UNMAP]);
 const EDU = '0000:00:03.0';
+/** Bring-ups per batch: ITERS / this (one costs ~1000 region-info calls). */
+const BRING_UP_DIVISOR = 200;
 
 const [itersArg, batchesArg] = process.argv.slice(2);
 const iters = Number(itersArg ?? 20000);
@@ -27,15 +37,17 @@ function now(): number {
   return Number(process.hrtime.bigint());
 }
 
-function timeBatches(batch: () => void): number[] {
+/** Warm-up, then `batches` timed calls of `batch`, each `n` operations: ns per operation. */
+function timeBatches(n: number, batch: () => number | void): number[] {
   const w0 = now();
   do batch();
   while (now() - w0 < warmupNs);
   const out: number[] = [];
   for (let b = 0; b < batches; b++) {
     const t0 = now();
-    batch();
-    out.push(Math.round(((now() - t0) / iters) * 10) / 10);
+    const timed = batch();
+    const ns = typeof timed === 'number' ? timed : now() - t0;
+    out.push(Math.round((ns / n) * 10) / 10);
   }
   return out;
 }
@@ -44,43 +56,107 @@ function emit(name: string, samples: number[]): void {
   process.stdout.write(`BENCH ${JSON.stringify({ impl: 'ts', mode: 'host', case: name, unit: 'op', samples })}\n`);
 }
 
+// BAR0 of edu as the kernel answers it: readable, writable, mappable, 4 KiB,
+// no capability chain.
+const REGION_ANSWER = codec.alloc(vfio_region_info, { argsz: vfio_region_info.size, flags: 7, index: 0, size: 4096n, offset: 0n, cap_offset: 0 });
+
+/** A Sys of the same shape as the real context's (lib/index.ts: a Proxy with the methods bound once). */
+function proxied(target: Sys, ioctl: Sys['ioctl']): Sys {
+  const bound = new Map<PropertyKey, unknown>([['ioctl', ioctl]]);
+  return new Proxy(target, {
+    get(t, key) {
+      if (!bound.has(key)) {
+        const v: unknown = Reflect.get(t, key);
+        bound.set(key, typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v);
+      }
+      return bound.get(key);
+    },
+  }) as Sys;
+}
+
+/** A Sys that adds the time spent in each call to `clock.inKernel`. */
+function timed(target: Sys, clock: { inKernel: number }): Sys {
+  const bound = new Map<PropertyKey, unknown>();
+  return new Proxy(target, {
+    get(t, key) {
+      if (!bound.has(key)) {
+        const v: unknown = Reflect.get(t, key);
+        if (typeof v !== 'function') bound.set(key, v);
+        else {
+          const f = (v as (...a: unknown[]) => unknown).bind(t);
+          bound.set(key, (...args: unknown[]) => {
+            const t0 = now();
+            try {
+              return f(...args);
+            } finally {
+              clock.inKernel += now() - t0;
+            }
+          });
+        }
+      }
+      return bound.get(key);
+    },
+  }) as Sys;
+}
+
+function bringUp(vfio: Vfio, mode: 'group' | 'cdev'): () => void {
+  const container = vfio.createContainer({ mode });
+  container.assignDevice(EDU);
+  const device = vfio.openDevice(EDU);
+  device.info();
+  device.mapBar(0);
+  device.irqs.enable('msi', 1);
+  return () => container.close();
+}
+
 for (const mode of ['group', 'cdev'] as const) {
   const kernel = new FakeKernel({ mode, devices: [edu()] });
   try {
     let stub = false;
     const stubIoctl = (fd: number, req: number, arg: Uint8Array): number => {
-      if (stub && STUBBED.has(req)) return 0;
-      if (stub && req === VFIO_DEVICE_GET_REGION_INFO) {
-        codec.write(vfio_region_info, arg, { flags: 7, size: 4096n, offset: 0n, cap_offset: 0 });
-        return 0;
+      if (stub) {
+        if (req === VFIO_IOMMU_MAP_DMA || req === IOMMU_IOAS_MAP) return 0;
+        // The unmap structs' size/length field already holds what was asked:
+        // left as it is, it says "all of it was unmapped".
+        if (req === VFIO_IOMMU_UNMAP_DMA || req === IOMMU_IOAS_UNMAP) return 0;
+        if (req === VFIO_DEVICE_GET_REGION_INFO) {
+          arg.set(REGION_ANSWER);
+          return 0;
+        }
       }
       return kernel.sys.ioctl(fd, req, arg);
     };
-    // The same shape as the real context's Sys (lib/index.ts): a Proxy with
-    // the methods bound once.
-    const bound = new Map<PropertyKey, unknown>([['ioctl', stubIoctl]]);
-    const sys = new Proxy(kernel.sys, {
-      get(target, key) {
-        if (!bound.has(key)) {
-          const v: unknown = Reflect.get(target, key);
-          bound.set(key, typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v);
-        }
-        return bound.get(key);
-      },
-    }) as Sys;
-    const vfio = createVfio({ sys, sysfs: kernel.sysfsRoot, dev: kernel.devRoot, proc: kernel.procRoot, env: {} });
+    const where = { sysfs: kernel.sysfsRoot, dev: kernel.devRoot, proc: kernel.procRoot, env: {} };
+    const clock = { inKernel: 0 };
+    const setup = createVfio({ sys: timed(kernel.sys, clock), ...where });
+    const n = Math.max(1, Math.round(iters / BRING_UP_DIVISOR));
+    emit(`lib-bring-up-${mode}`, timeBatches(n, () => {
+      let total = 0;
+      for (let i = 0; i < n; i++) {
+        clock.inKernel = 0;
+        const t0 = now();
+        const close = bringUp(setup, mode);
+        total += now() - t0 - clock.inKernel;
+        close();
+      }
+      return total;
+    }));
+    setup.close();
+
+    const vfio = createVfio({ sys: proxied(kernel.sys, stubIoctl), ...where });
+
     const dev = vfio.openDevice(EDU);
     const buf = dev.container.allocDma(4096);
     buf.unmap();
     stub = true;
-    emit(`lib-dma-4k-${mode}`, timeBatches(() => {
+    emit(`lib-dma-4k-${mode}`, timeBatches(iters, () => {
       for (let i = 0; i < iters; i++) {
         buf.map();
         buf.unmap();
       }
     }));
     if (mode === 'group') {
-      emit('lib-region-info', timeBatches(() => {
+      emit('lib-region-info', timeBatches(iters, () => {
         for (let i = 0; i < iters; i++) dev.regionInfo(0);
       }));
     }

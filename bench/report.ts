@@ -86,6 +86,8 @@ export const CASES: readonly CaseSpec[] = [
   },
   { name: 'lib-dma-4k-group', what: "info, host only: the library's own cost of a map + unmap, group backend (ioctls stubbed)", target: null, tsOnly: true },
   { name: 'lib-dma-4k-cdev', what: "info, host only: the library's own cost of a map + unmap, cdev backend (ioctls stubbed)", target: null, tsOnly: true },
+  { name: 'lib-bring-up-group', what: "info, host only: the library's own cost of a bring-up, group mode (fake kernel; time inside its system calls subtracted)", target: null, tsOnly: true },
+  { name: 'lib-bring-up-cdev', what: "info, host only: the library's own cost of a bring-up, cdev mode (fake kernel; time inside its system calls subtracted)", target: null, tsOnly: true },
   { name: 'scale-1k', what: 'one map + unmap with 1,000 buffers mapped at once', target: null },
   { name: 'scale-10k', what: 'one map + unmap with 10,000 buffers mapped at once', target: null },
 ];
@@ -261,4 +263,20 @@ export function table(results: readonly CaseResult[], scale: readonly ScaleResul
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
   const line = (row: string[]): string => `| ${row.map((cell, i) => cell.padEnd(widths[i]!)).join(' | ')} |`;
   return [line(rows[0]!), `| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`, ...rows.slice(1).map(line)].join('\n');
+}
+
+/** Where `npm run bench` publishes its latest table inside a Markdown file. */
+export const TABLE_START = '<!-- bench-table:start (written by npm run bench) -->';
+export const TABLE_END = '<!-- bench-table:end -->';
+
+/**
+ * `doc` with the text between the TABLE_START and TABLE_END lines replaced by
+ * `block`; null when the markers are missing or out of order (the file is
+ * then left as it is, and the run says so).
+ */
+export function publishBetweenMarkers(doc: string, block: string): string | null {
+  const start = doc.indexOf(TABLE_START);
+  const end = doc.indexOf(TABLE_END);
+  if (start < 0 || end < start) return null;
+  return `${doc.slice(0, start + TABLE_START.length)}\n${block}\n${doc.slice(end)}`;
 }

@@ -20,8 +20,9 @@ import type { Fd } from './libc/sys.js';
 import type { Device, DeviceInfo } from './device.js';
 import { closedError, usageError } from './libc/errors.js';
 import type { Sys } from './libc/sys.js';
-import { chooseMode, deviceAvailability, machineAvailability, machinePreference, parseMode, type VfioMode } from './mode.js';
+import { chooseMode, deviceMachineProblem, deviceModeProblem, machineModeProblem, machinePreference, parseMode, type VfioMode } from './mode.js';
 import { DEFAULT_ROOTS, type Roots } from './paths.js';
+import { parsePciAddress } from './pci-address.js';
 import { describePciDevice, requireVfioManaged, type PciDeviceDescription } from './sysfs.js';
 
 export interface VfioOptions {
@@ -104,7 +105,7 @@ export class Vfio implements Disposable {
     this.checkOpen();
     if (address === undefined) return this.machineMode(this.forcedMode);
     const desc = this.describeManaged(address);
-    return chooseMode(deviceAvailability(this.roots, desc), this.forcedMode, { device: desc.address });
+    return this.deviceMode(desc);
   }
 
   /**
@@ -130,7 +131,7 @@ export class Vfio implements Disposable {
     const holder =
       this.deviceOwners.get(desc.address) ?? (desc.iommuGroup === null ? undefined : this.groupOwners.get(desc.iommuGroup));
     if (holder !== undefined) return holder.deviceInfo(desc);
-    const mode = chooseMode(deviceAvailability(this.roots, desc), this.forcedMode, { device: desc.address });
+    const mode = this.deviceMode(desc);
     const temporary = new Container(this.containerEnv(), mode);
     this.containers.add(temporary);
     let info: DeviceInfo;
@@ -158,9 +159,14 @@ export class Vfio implements Disposable {
    */
   openDevice(address: string): Device {
     this.checkOpen();
-    const desc = this.describeManaged(address);
-    const owner = this.deviceOwners.get(desc.address);
-    if (owner !== undefined) return owner.openAssigned(desc.address);
+    // An assigned device is found by its canonical address, without reading
+    // sysfs again: its container holds its group or device fd open, and
+    // while that fd is open the kernel keeps it bound to vfio-pci (an unbind
+    // waits for the release), so the description would say the same.
+    const canonical = parsePciAddress(address).canonical;
+    const assigned = this.deviceOwners.get(canonical);
+    if (assigned !== undefined) return assigned.openAssigned(canonical);
+    const desc = this.describeManaged(canonical);
     const created = this.defaultSlot === null || this.defaultSlot.closed;
     const container = this.defaultContainerFor(desc);
     try {
@@ -259,8 +265,15 @@ export class Vfio implements Disposable {
     if (this.closedFlag) throw closedError('the Vfio context');
   }
 
+  /** The machine's mode: the forced one (only that mode is checked), else the first available in the machine's preference. */
   private machineMode(forced: VfioMode | undefined): VfioMode {
-    return chooseMode(machineAvailability(this.roots), forced, {}, machinePreference(this.roots));
+    const problem = (m: VfioMode): string | null => machineModeProblem(this.roots, m);
+    return forced !== undefined ? chooseMode(problem, forced, {}) : chooseMode(problem, undefined, {}, machinePreference(this.roots));
+  }
+
+  /** The mode a device would be driven in: the forced one, else the first the machine and the device offer. */
+  private deviceMode(desc: PciDeviceDescription): VfioMode {
+    return chooseMode((m) => deviceMachineProblem(this.roots, desc, m), this.forcedMode, { device: desc.address });
   }
 
   private describeManaged(address: string): PciDeviceDescription {
@@ -271,8 +284,7 @@ export class Vfio implements Disposable {
 
   private defaultContainerFor(desc: PciDeviceDescription): Container {
     if (this.defaultSlot === null || this.defaultSlot.closed) {
-      const mode = chooseMode(deviceAvailability(this.roots, desc), this.forcedMode, { device: desc.address });
-      this.defaultSlot = this.newContainer(mode);
+      this.defaultSlot = this.newContainer(this.deviceMode(desc));
     }
     return this.defaultSlot;
   }
@@ -299,7 +311,7 @@ export class Vfio implements Disposable {
       deviceOwners: this.deviceOwners,
       groupOwners: this.groupOwners,
       describe: (address) => describePciDevice(this.roots, address),
-      availability: (desc) => deviceAvailability(this.roots, desc),
+      deviceProblem: deviceModeProblem,
       forget: (c) => {
         this.containers.delete(c);
         if (this.defaultSlot === c) this.defaultSlot = null;

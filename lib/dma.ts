@@ -108,14 +108,21 @@ export interface DmaOwner {
 
 type State = 'live' | 'freeing' | 'freed';
 
+/** map() without options: one shared (frozen) object rather than a new `{}` per call. */
+const NO_OPTIONS: DmaMapOptions = Object.freeze({});
+
 export class DmaBuffer implements Disposable {
   /** Length in bytes (a whole number of pages). */
   readonly size: number;
   /** Process virtual address of the first byte. */
   readonly vaddr: bigint;
+  /** @internal `size` as a bigint, made once: the owner's IOVA arithmetic needs it on every map. */
+  readonly sizeBig: bigint;
   private state: State = 'live';
   /** Set by the owner while the buffer has a device address. */
   private iovaSlot: bigint | null = null;
+  /** The owner's record of that mapping (see setIova), or null. */
+  private recordSlot: object | null = null;
   /** The memfd behind a shareable buffer (-1 otherwise, and once freed). */
   private memfdSlot: Fd;
 
@@ -131,6 +138,7 @@ export class DmaBuffer implements Disposable {
   ) {
     this.vaddr = vaddr;
     this.size = size;
+    this.sizeBig = BigInt(size);
     this.memfdSlot = memfd;
   }
 
@@ -200,7 +208,7 @@ export class DmaBuffer implements Disposable {
    *   explicit IOVA in identity mode; ECLOSED freed or container closed; any
    *   errno of VFIO_IOMMU_MAP_DMA / IOMMU_IOAS_MAP.
    */
-  map(opts: DmaMapOptions = {}): bigint {
+  map(opts: DmaMapOptions = NO_OPTIONS): bigint {
     this.checkLive();
     if (this.iovaSlot !== null) throw usageError('EEXIST', `the DMA buffer is already mapped at 0x${this.iovaSlot.toString(16)}`);
     return this.owner.mapBuffer(this, opts);
@@ -249,9 +257,19 @@ export class DmaBuffer implements Disposable {
     this.free();
   }
 
-  /** @internal The owner records the device address. */
-  setIova(iova: bigint | null): void {
+  /**
+   * @internal The owner records the device address, and optionally its own
+   * record of the mapping: kept here so that the owner finds it on unmap
+   * without a lookup by buffer (map + unmap is a driver's hot path).
+   */
+  setIova(iova: bigint | null, record: object | null = null): void {
     this.iovaSlot = iova;
+    this.recordSlot = record;
+  }
+
+  /** @internal What the owner recorded with the IOVA (setIova), or null. */
+  get mappingRecord(): object | null {
+    return this.recordSlot;
   }
 
   private checkLive(): void {

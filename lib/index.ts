@@ -49,23 +49,33 @@ export {
 } from './share/index.js';
 export type { Sys, Fd } from './libc/sys.js';
 
+/** Every Sys method, for lazySys (the check below fails to compile when one is missing). */
+const SYS_METHODS = [
+  'open', 'close', 'ioctl', 'ioctlInt', 'mmap', 'munmap', 'mlock', 'munlock', 'view', 'read', 'tryRead', 'write',
+  'pread', 'pwrite', 'ftruncate', 'eventfd', 'memfdCreate', 'poll', 'pollAsync', 'watchEventfd', 'dup', 'socket',
+  'bind', 'listen', 'accept', 'connect', 'sendmsg', 'recvmsg', 'pageSize', 'getuid',
+] as const satisfies readonly (keyof Sys)[];
+const allSysMethods: Exclude<keyof Sys, (typeof SYS_METHODS)[number]> extends never ? true : never = true;
+void allSysMethods;
+
 /**
- * A Sys that loads the real one on first use. Methods are bound once and
- * cached, so a call costs one Map lookup over a direct call.
+ * A Sys that loads the real one on first use: each method starts as a stub
+ * that loads it and then replaces every stub with the real, bound method, so
+ * from then on a call costs what a direct call does (no Proxy, no lookup).
  */
 function lazySys(load: () => Sys): Sys {
-  let real: Sys | undefined;
-  const bound = new Map<PropertyKey, unknown>();
-  return new Proxy({} as Sys, {
-    get(_target, key) {
-      if (bound.has(key)) return bound.get(key);
-      real ??= load();
-      const value: unknown = Reflect.get(real, key);
-      const out = typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(real) : value;
-      bound.set(key, out);
-      return out;
-    },
-  });
+  const lazy = {} as Record<(typeof SYS_METHODS)[number], (...args: unknown[]) => unknown>;
+  const materialize = (): void => {
+    const real = load() as unknown as Record<string, (...args: unknown[]) => unknown>;
+    for (const name of SYS_METHODS) lazy[name] = real[name]!.bind(real);
+  };
+  for (const name of SYS_METHODS) {
+    lazy[name] = (...args) => {
+      materialize();
+      return lazy[name](...args);
+    };
+  }
+  return lazy as unknown as Sys;
 }
 
 function loadKoffiSys(): Sys {

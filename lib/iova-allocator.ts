@@ -5,7 +5,10 @@
 // start, each node also holding the largest free length in its subtree. That
 // lets `allocate` find the lowest free interval that can take a request
 // without looking at the intervals that are too small, and lets `release`
-// merge a freed range with its neighbours (the free list stays coalesced).
+// merge a freed range with its neighbours (the free list stays coalesced,
+// except at `floor`: no free interval crosses it, so that the lowest
+// allocation — the first buffer's, at the floor — takes the start of an
+// interval and its release gives it back, both in place).
 //
 // Guarantees:
 // - Only addresses inside the IOMMU's IOVA ranges are ever handed out, each
@@ -19,6 +22,10 @@
 // - Cost: O(log n) per reserve/release, and per allocate when the alignment
 //   is the granule (the default). A larger alignment adds O(log n) for each
 //   free interval that is long enough but cannot hold an aligned block.
+//   Map + unmap is the hot path of a driver, and every bigint operation
+//   makes a new bigint: a free interval that only shrinks or grows at one
+//   end is changed in place (its position in the tree stays right), with its
+//   ancestors' `maxLen` refreshed, instead of being removed and inserted.
 // - Failures are VfioErrors: ENOSPC no room, EINVAL bad argument or outside
 //   the IOVA ranges, EEXIST overlapping an allocation.
 import { usageError } from './libc/errors.js';
@@ -119,6 +126,35 @@ function removeNode(n: Node | null, start: bigint): Node | null {
   return balance(n);
 }
 
+/**
+ * Recomputes `maxLen` on the path from `n` down to the node starting at
+ * `start`, after that node's length changed in place (the tree's shape and
+ * heights did not change).
+ */
+function refreshPath(n: Node | null, start: bigint): void {
+  if (n === null) return;
+  if (start < n.start) refreshPath(n.left, start);
+  else if (start > n.start) refreshPath(n.right, start);
+  let m = n.end - n.start;
+  const l = maxLen(n.left);
+  const r = maxLen(n.right);
+  if (l > m) m = l;
+  if (r > m) m = r;
+  n.maxLen = m;
+}
+
+/** The node with the greatest start < x (strictly). */
+function lowerNode(n: Node | null, x: bigint): Node | null {
+  let best: Node | null = null;
+  while (n !== null) {
+    if (n.start < x) {
+      best = n;
+      n = n.right;
+    } else n = n.left;
+  }
+  return best;
+}
+
 /** The node with the greatest start <= x. */
 function floorNode(n: Node | null, x: bigint): Node | null {
   let best: Node | null = null;
@@ -135,6 +171,9 @@ function alignUp(x: bigint, align: bigint): bigint {
   return ((x + align - 1n) / align) * align;
 }
 
+/** `search` found no block and no later node can hold one (they start past the limit). */
+const PAST_LIMIT = -1n;
+
 function isPowerOfTwo(x: bigint): boolean {
   return x > 0n && (x & (x - 1n)) === 0n;
 }
@@ -146,6 +185,9 @@ export interface AllocateOptions {
   readonly limit?: bigint;
 }
 
+/** allocate() without options: one shared object rather than a new `{}` per call. */
+const NO_OPTIONS: AllocateOptions = Object.freeze({});
+
 export class IovaAllocator {
   private root: Node | null = null;
   private allowed: IovaRange[] = [];
@@ -153,6 +195,8 @@ export class IovaAllocator {
   readonly granule: bigint;
   /** Lowest address `allocate` hands out. */
   readonly floor: bigint;
+  /** granule - 1: the low bits a multiple of the granule has clear. */
+  private readonly granuleMask: bigint;
 
   /**
    * @param ranges the IOMMU's usable IOVA ranges (inclusive), any order.
@@ -161,6 +205,7 @@ export class IovaAllocator {
   constructor(ranges: readonly IovaRange[], granule: bigint, floor: bigint = granule) {
     if (!isPowerOfTwo(granule)) throw usageError('EINVAL', `IOVA granule ${granule} is not a power of two`);
     this.granule = granule;
+    this.granuleMask = granule - 1n;
     this.floor = floor;
     this.setRanges(ranges, []);
   }
@@ -195,15 +240,26 @@ export class IovaAllocator {
       while (u < used.length && used[u]!.iova + used[u]!.size <= cursor) u++;
       for (let i = u; i < used.length && used[i]!.iova < end; i++) {
         const a = used[i]!;
-        if (a.iova > cursor) this.root = insertNode(this.root, cursor, a.iova);
+        if (a.iova > cursor) this.addFree(cursor, a.iova);
         if (a.iova + a.size > cursor) cursor = a.iova + a.size;
       }
-      if (end > cursor) this.root = insertNode(this.root, cursor, end);
+      if (end > cursor) this.addFree(cursor, end);
+    }
+  }
+
+  /** Inserts free interval [start, end), in two at the floor if it crosses it. */
+  private addFree(start: bigint, end: bigint): void {
+    if (start < this.floor && this.floor < end) {
+      this.root = insertNode(this.root, start, this.floor);
+      this.root = insertNode(this.root, this.floor, end);
+    } else {
+      this.root = insertNode(this.root, start, end);
     }
   }
 
   private checkSize(size: bigint, what: string): void {
-    if (size <= 0n || size % this.granule !== 0n) {
+    // The granule is a power of two: a mask instead of a division.
+    if (size <= 0n || (size & this.granuleMask) !== 0n) {
       throw usageError('EINVAL', `${what} size ${size} is not a positive multiple of the IOMMU page size ${this.granule}`);
     }
   }
@@ -212,45 +268,45 @@ export class IovaAllocator {
    * Takes the lowest free block of `size` bytes that satisfies `opts`.
    * @throws VfioError EINVAL bad size or alignment; ENOSPC no such block.
    */
-  allocate(size: bigint, opts: AllocateOptions = {}): bigint {
+  allocate(size: bigint, opts: AllocateOptions = NO_OPTIONS): bigint {
     this.checkSize(size, 'allocation');
     const align = opts.align ?? this.granule;
-    if (!isPowerOfTwo(align) || align < this.granule) {
+    // The granule was checked by the constructor.
+    if (align !== this.granule && (!isPowerOfTwo(align) || align < this.granule)) {
       throw usageError('EINVAL', `alignment ${align} is not a power of two >= the IOMMU page size ${this.granule}`);
     }
     const limit = opts.limit ?? U64_END;
-    const floor = this.floor;
-    // A block fits a free node when, starting at the node's first aligned
-    // address at or above the floor, it ends inside the node and the limit.
-    const fit = (n: Node): bigint | null => {
-      const at = alignUp(n.start > floor ? n.start : floor, align);
-      const end = at + size;
-      return end <= n.end && end <= limit ? at : null;
-    };
-    // In-order walk restricted to subtrees that hold a long enough interval;
-    // `stop` ends the walk once nodes start past the last possible address.
-    let stop = false;
-    const search = (n: Node | null): bigint | null => {
-      if (n === null || n.maxLen < size || stop) return null;
-      const left = search(n.left);
-      if (left !== null || stop) return left;
-      if (n.start + size > limit) {
-        stop = true;
-        return null;
-      }
-      if (n.end - n.start >= size) {
-        const at = fit(n);
-        if (at !== null) return at;
-      }
-      return search(n.right);
-    };
-    const at = search(this.root);
-    if (at === null) {
+    const at = this.search(this.root, size, align === this.granule ? this.granuleMask : align - 1n, limit);
+    if (at < 0n) {
       const bound = opts.limit === undefined ? '' : ` below the DMA limit 0x${limit.toString(16)}`;
       throw usageError('ENOSPC', `no free IOVA block of ${size} bytes${bound} (alignment 0x${align.toString(16)})`);
     }
-    this.take(at, size);
+    this.take(at, at + size);
     return at;
+  }
+
+  /**
+   * In-order walk of the subtrees that hold a long enough interval: the
+   * lowest address where a block of `size` bytes, aligned (`alignMask` =
+   * alignment - 1) and at or above the floor, ends inside a free node and
+   * at or below `limit`. A negative answer: -1n (PAST_LIMIT) once nodes
+   * start past the last possible address (the walk stops), -2n when this
+   * subtree has no room.
+   */
+  private search(n: Node | null, size: bigint, alignMask: bigint, limit: bigint): bigint {
+    if (n === null || n.maxLen < size) return -2n;
+    const left = this.search(n.left, size, alignMask, limit);
+    if (left !== -2n) return left;
+    // (Without a limit, U64_END, skip the early stop: a block that would end
+    // past 2^64 cannot fit its node anyway, so it changes no answer.)
+    if (limit !== U64_END && n.start + size > limit) return PAST_LIMIT;
+    // (A node shorter than `size` fails the `end` test: no need to measure it first.)
+    const from = n.start > this.floor ? n.start : this.floor;
+    // Already aligned (always so for the granule): no arithmetic.
+    const at = (from & alignMask) === 0n ? from : (from + alignMask) & ~alignMask;
+    const end = at + size;
+    if (end <= n.end && end <= limit) return at;
+    return this.search(n.right, size, alignMask, limit);
   }
 
   /**
@@ -264,9 +320,19 @@ export class IovaAllocator {
       throw usageError('EINVAL', `IOVA 0x${iova.toString(16)} is not aligned to the IOMMU page size ${this.granule}`);
     }
     const n = floorNode(this.root, iova);
-    if (n !== null && iova + size <= n.end) {
-      this.take(iova, size);
+    const end = iova + size;
+    if (n !== null && end <= n.end) {
+      this.take(iova, end);
       return;
+    }
+    // Free space across the floor is two intervals that meet there.
+    if (n !== null && n.end === this.floor && iova < this.floor && end > this.floor) {
+      const upper = floorNode(this.root, this.floor);
+      if (upper !== null && upper.start === this.floor && end <= upper.end) {
+        this.take(iova, this.floor);
+        this.take(this.floor, end);
+        return;
+      }
     }
     if (!this.insideRanges(iova, size)) {
       throw usageError('EINVAL', `IOVA [0x${iova.toString(16)}, 0x${(iova + size).toString(16)}) is outside the IOMMU's IOVA ranges`);
@@ -280,9 +346,12 @@ export class IovaAllocator {
    */
   release(iova: bigint, size: bigint): void {
     const end = iova + size;
-    for (const r of this.rangesOverlapping(iova, end)) {
+    const ranges = this.allowed;
+    for (let i = this.firstRangeEndingAtOrAfter(iova); i < ranges.length && ranges[i]!.start < end; i++) {
+      const r = ranges[i]!;
       const s = iova > r.start ? iova : r.start;
-      const e = end < r.last + 1n ? end : r.last + 1n;
+      // Inside the range (the common case): no bigint made for its end.
+      const e = end <= r.last ? end : r.last + 1n;
       this.free(s, e);
     }
   }
@@ -305,35 +374,67 @@ export class IovaAllocator {
     if (before !== null && before.end > start) {
       throw usageError('EINVAL', `IOVA 0x${start.toString(16)} is already free`);
     }
-    const after = floorNode(this.root, end - 1n);
+    const after = lowerNode(this.root, end);
     if (after !== null && after !== before && after.start < end) {
       throw usageError('EINVAL', `IOVA 0x${after.start.toString(16)} is already free`);
     }
-    let s = start;
-    let e = end;
-    if (before !== null && before.end === start) {
-      s = before.start;
-      this.root = removeNode(this.root, before.start);
+    // No free interval crosses the floor (see the head comment).
+    if (start < this.floor && this.floor < end) {
+      this.giveBack(start, this.floor);
+      this.giveBack(this.floor, end);
+    } else {
+      this.giveBack(start, end);
     }
-    const next = floorNode(this.root, end);
-    if (next !== null && next.start === end) {
-      e = next.end;
-      this.root = removeNode(this.root, next.start);
-    }
-    this.root = insertNode(this.root, s, e);
   }
 
-  /** Removes [at, at + size) from the free node that contains it. */
-  private take(at: bigint, size: bigint): void {
+  /** Adds [start, end) (checked to be in use) to the free space, merged with free neighbours except across the floor. */
+  private giveBack(start: bigint, end: bigint): void {
+    const before = floorNode(this.root, start);
+    const merge = before !== null && before.end === start && start !== this.floor ? before : null;
+    const next = floorNode(this.root, end);
+    const follow = next !== null && next.start === end && end !== this.floor ? next : null;
+    if (merge !== null && follow !== null) {
+      // Bridges two free nodes: one takes the other's place.
+      const last = follow.end;
+      this.root = removeNode(this.root, follow.start);
+      merge.end = last;
+      refreshPath(this.root, merge.start);
+    } else if (merge !== null) {
+      // Grows the node before it to the right: its place in the tree holds.
+      merge.end = end;
+      refreshPath(this.root, merge.start);
+    } else if (follow !== null) {
+      // Grows the node after it to the left, down to `start`, still past
+      // the node before: its place in the tree holds.
+      follow.start = start;
+      refreshPath(this.root, start);
+    } else {
+      this.root = insertNode(this.root, start, end);
+    }
+  }
+
+  /** Removes [at, after) from the free node that contains it. */
+  private take(at: bigint, after: bigint): void {
     const n = floorNode(this.root, at)!;
     const { start, end } = n;
-    this.root = removeNode(this.root, start);
-    if (at > start) this.root = insertNode(this.root, start, at);
-    if (at + size < end) this.root = insertNode(this.root, at + size, end);
+    if (at === start) {
+      if (after === end) {
+        this.root = removeNode(this.root, start);
+        return;
+      }
+      // Shrinks from the left (allocate's usual case): its place holds.
+      n.start = after;
+      refreshPath(this.root, after);
+      return;
+    }
+    // Shrinks from the right; the part past the block, if any, is new.
+    n.end = at;
+    refreshPath(this.root, start);
+    if (after < end) this.root = insertNode(this.root, after, end);
   }
 
-  private rangesOverlapping(start: bigint, end: bigint): IovaRange[] {
-    // Binary search for the first range whose last >= start.
+  /** Index of the first usable range whose last address is >= `start` (binary search). */
+  private firstRangeEndingAtOrAfter(start: bigint): number {
     let lo = 0;
     let hi = this.allowed.length;
     while (lo < hi) {
@@ -341,13 +442,11 @@ export class IovaAllocator {
       if (this.allowed[mid]!.last < start) lo = mid + 1;
       else hi = mid;
     }
-    const out: IovaRange[] = [];
-    for (let i = lo; i < this.allowed.length && this.allowed[i]!.start < end; i++) out.push(this.allowed[i]!);
-    return out;
+    return lo;
   }
 
   private insideRanges(iova: bigint, size: bigint): boolean {
-    const [r] = this.rangesOverlapping(iova, iova + size);
+    const r = this.allowed[this.firstRangeEndingAtOrAfter(iova)];
     return r !== undefined && r.start <= iova && iova + size - 1n <= r.last;
   }
 }

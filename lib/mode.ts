@@ -56,51 +56,73 @@ function noiommuEnabled(roots: Roots): boolean {
   }
 }
 
+/**
+ * Why the machine cannot give `mode` (before looking at any device), or null
+ * when it can. Looks only at what that mode needs.
+ */
+export function machineModeProblem(roots: Roots, mode: VfioMode): string | null {
+  switch (mode) {
+    case 'cdev':
+      if (!existsSync(iommufdNode(roots))) return `${iommufdNode(roots)} does not exist (load iommufd; kernel 6.6+ with CONFIG_IOMMUFD)`;
+      if (!existsSync(vfioCdevDir(roots))) return `${vfioCdevDir(roots)} does not exist (kernel without CONFIG_VFIO_DEVICE_CDEV)`;
+      return null;
+    case 'group':
+      if (!existsSync(vfioContainerNode(roots))) return `${vfioContainerNode(roots)} does not exist (load the vfio module)`;
+      // IOMMUFD's emulation of Type1 (it needs /dev/iommu) will do too.
+      if (!existsSync(type1ModuleDir(roots)) && !existsSync(iommufdNode(roots))) return 'no Type1 IOMMU driver (load vfio_iommu_type1)';
+      return null;
+    case 'noiommu':
+      if (!noiommuEnabled(roots)) return `${noiommuParameter(roots)} is not Y (no-IOMMU mode is disabled)`;
+      if (!existsSync(vfioContainerNode(roots))) return `${vfioContainerNode(roots)} does not exist (load the vfio module)`;
+      return null;
+  }
+}
+
 /** What the machine offers, before looking at any device. */
 export function machineAvailability(roots: Roots): ModeAvailability {
-  const container = existsSync(vfioContainerNode(roots));
-  const iommufd = existsSync(iommufdNode(roots));
-  const type1 = existsSync(type1ModuleDir(roots)) || iommufd;
   return {
-    cdev: !iommufd
-      ? `${iommufdNode(roots)} does not exist (load iommufd; kernel 6.6+ with CONFIG_IOMMUFD)`
-      : !existsSync(vfioCdevDir(roots))
-        ? `${vfioCdevDir(roots)} does not exist (kernel without CONFIG_VFIO_DEVICE_CDEV)`
-        : null,
-    group: !container
-      ? `${vfioContainerNode(roots)} does not exist (load the vfio module)`
-      : !type1
-        ? 'no Type1 IOMMU driver (load vfio_iommu_type1)'
-        : null,
-    noiommu: !noiommuEnabled(roots)
-      ? `${noiommuParameter(roots)} is not Y (no-IOMMU mode is disabled)`
-      : !container
-        ? `${vfioContainerNode(roots)} does not exist (load the vfio module)`
-        : null,
+    cdev: machineModeProblem(roots, 'cdev'),
+    group: machineModeProblem(roots, 'group'),
+    noiommu: machineModeProblem(roots, 'noiommu'),
   };
+}
+
+/**
+ * Why the device itself cannot be driven in `mode` (its nodes, its group),
+ * or null when it can; the machine's side is machineModeProblem's. A
+ * container already open in `mode` has proved the machine's side.
+ */
+export function deviceModeProblem(desc: PciDeviceDescription, mode: VfioMode): string | null {
+  const noGroup = desc.iommuGroup === null ? 'the device has no IOMMU group' : null;
+  const inNoiommuGroup = desc.noiommu ? `the device's group ${desc.iommuGroup} is a no-IOMMU group (use noiommu mode)` : null;
+  switch (mode) {
+    case 'cdev':
+      return (
+        inNoiommuGroup ??
+        (desc.cdevNode === null ? 'the device has no vfio-dev cdev node (kernel without CONFIG_VFIO_DEVICE_CDEV, or not bound to vfio-pci)' : null)
+      );
+    case 'group':
+      return (
+        noGroup ??
+        inNoiommuGroup ??
+        (desc.groupNode === null ? `/dev/vfio/${desc.iommuGroup} does not exist (is the device bound to vfio-pci?)` : null)
+      );
+    case 'noiommu':
+      return noGroup ?? (!desc.noiommu ? `the device's group ${desc.iommuGroup} has an IOMMU (no-IOMMU mode is only for devices without one)` : null);
+  }
+}
+
+/** Why the machine or the device cannot give `mode`, or null: the machine's reason first. */
+export function deviceMachineProblem(roots: Roots, desc: PciDeviceDescription, mode: VfioMode): string | null {
+  return machineModeProblem(roots, mode) ?? deviceModeProblem(desc, mode);
 }
 
 /** What a device offers: the machine's modes narrowed by the device's nodes. */
 export function deviceAvailability(roots: Roots, desc: PciDeviceDescription): ModeAvailability {
-  const machine = machineAvailability(roots);
-  const noGroup = desc.iommuGroup === null ? 'the device has no IOMMU group' : null;
-  const inNoiommuGroup = desc.noiommu
-    ? `the device's group ${desc.iommuGroup} is a no-IOMMU group (use noiommu mode)`
-    : null;
   return {
-    cdev:
-      machine.cdev ??
-      inNoiommuGroup ??
-      (desc.cdevNode === null ? 'the device has no vfio-dev cdev node (kernel without CONFIG_VFIO_DEVICE_CDEV, or not bound to vfio-pci)' : null),
-    group:
-      machine.group ??
-      noGroup ??
-      inNoiommuGroup ??
-      (desc.groupNode === null ? `/dev/vfio/${desc.iommuGroup} does not exist (is the device bound to vfio-pci?)` : null),
-    noiommu:
-      machine.noiommu ??
-      noGroup ??
-      (!desc.noiommu ? `the device's group ${desc.iommuGroup} has an IOMMU (no-IOMMU mode is only for devices without one)` : null),
+    cdev: deviceMachineProblem(roots, desc, 'cdev'),
+    group: deviceMachineProblem(roots, desc, 'group'),
+    noiommu: deviceMachineProblem(roots, desc, 'noiommu'),
   };
 }
 
@@ -123,22 +145,24 @@ export function machinePreference(roots: Roots): readonly VfioMode[] {
 
 /**
  * The mode to use: the forced one when given (it must be available), else the
- * first available in `order` (default VFIO_MODES).
+ * first available in `order` (default VFIO_MODES). `problem` says why a mode
+ * is not available (null: it is); it is asked only about the modes the
+ * choice needs (each check reads the filesystem).
  * @throws VfioError ENXIO naming the reason for each unavailable mode.
  */
 export function chooseMode(
-  avail: ModeAvailability,
+  problem: (mode: VfioMode) => string | null,
   forced: VfioMode | undefined,
   ctx: { device?: string },
   order: readonly VfioMode[] = VFIO_MODES,
 ): VfioMode {
   if (forced !== undefined) {
-    const why = avail[forced];
+    const why = problem(forced);
     if (why === null) return forced;
     throw new VfioError({ code: 'ENXIO', device: ctx.device, detail: `${forced} mode was forced but is not available: ${why}` });
   }
-  const mode = order.find((m) => avail[m] === null);
+  const mode = order.find((m) => problem(m) === null);
   if (mode !== undefined) return mode;
-  const why = VFIO_MODES.map((m) => `${m}: ${avail[m]}`).join('; ');
+  const why = VFIO_MODES.map((m) => `${m}: ${problem(m)}`).join('; ');
   throw new VfioError({ code: 'ENXIO', device: ctx.device, detail: `VFIO is not available: ${why}` });
 }

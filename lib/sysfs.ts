@@ -76,30 +76,41 @@ function isVfioDriver(driver: string | null): boolean {
 export function describePciDevice(roots: Roots, address: unknown): PciDeviceDescription {
   const canonical = parsePciAddress(address).canonical;
   const dir = pciDeviceDir(roots, canonical);
-  if (!existsSync(dir)) {
-    throw usageError('ENODEV', `no such PCI device in ${join(roots.sysfs, 'bus', 'pci', 'devices')}`, {
-      device: canonical,
-    });
+  // The first read doubles as the existence check: only when it fails is the
+  // directory looked at, to say which of the two went wrong.
+  let vendor: number;
+  try {
+    vendor = readHex(dir, 'vendor', canonical);
+  } catch (err) {
+    if (!existsSync(dir)) {
+      throw usageError('ENODEV', `no such PCI device in ${join(roots.sysfs, 'bus', 'pci', 'devices')}`, {
+        device: canonical,
+      });
+    }
+    throw err;
   }
   const groupName = linkName(join(dir, 'iommu_group'));
   const iommuGroup = groupName !== null && /^[0-9]+$/.test(groupName) ? Number(groupName) : null;
   let noiommu = false;
   let groupNode: string | null = null;
   if (iommuGroup !== null) {
+    // A group is either an IOMMU group or a no-IOMMU one: the kernel names
+    // its node /dev/vfio/N or /dev/vfio/noiommu-N by the same unique group
+    // number, never both. The usual one first.
     const plain = vfioGroupNode(roots, iommuGroup, false);
     const unsafe = vfioGroupNode(roots, iommuGroup, true);
-    if (existsSync(unsafe)) {
+    if (existsSync(plain)) {
+      groupNode = plain;
+    } else if (existsSync(unsafe)) {
       noiommu = true;
       groupNode = unsafe;
-    } else if (existsSync(plain)) {
-      groupNode = plain;
     }
   }
   const cdev = cdevName(dir);
   const cdevPath = cdev === null ? null : join(vfioCdevDir(roots), cdev);
   return {
     address: canonical,
-    vendor: readHex(dir, 'vendor', canonical),
+    vendor,
     device: readHex(dir, 'device', canonical),
     class: readHex(dir, 'class', canonical),
     driver: linkName(join(dir, 'driver')),

@@ -141,3 +141,85 @@ t.test('cost grows logarithmically', async (t) => {
   const large = time(64000);
   t.ok(large < small * 8, `64x more holes costs ${(large / small).toFixed(2)}x (linear would be ~64x)`);
 });
+
+t.test('the books match a page-by-page model: allocate, reserve and release around the floor', async (t) => {
+  // 64 pages in two ranges with a hole, the default floor (page 1): the
+  // allocator changes free intervals in place and keeps them split at the
+  // floor; every answer must still be what a plain page map gives.
+  const PAGES = 64;
+  const hole = [40, 41];
+  const a = new IovaAllocator(
+    [
+      { start: 0n, last: 40n * K4 - 1n },
+      { start: 42n * K4, last: BigInt(PAGES) * K4 - 1n },
+    ],
+    K4,
+  );
+  const used = Array.from({ length: PAGES }, (_, p) => hole.includes(p));
+  const modelAllocate = (pages: number, alignPages: number, limitPages: number): number | null => {
+    for (let p = 1; p + pages <= Math.min(PAGES, limitPages); p += 1) {
+      if (p % alignPages !== 0) continue;
+      if (used.slice(p, p + pages).every((u) => !u)) return p;
+    }
+    return null;
+  };
+  let seed = 4242;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const live: { page: number; pages: number }[] = [];
+  for (let i = 0; i < 4000; i++) {
+    const op = rand(4);
+    if (op === 0 && live.length > 0) {
+      const [b] = live.splice(rand(live.length), 1);
+      a.release(BigInt(b!.page) * K4, BigInt(b!.pages) * K4);
+      for (let p = b!.page; p < b!.page + b!.pages; p++) used[p] = false;
+    } else if (op === 1) {
+      // A chosen IOVA, page 0 included (only allocate avoids it).
+      const page = rand(PAGES);
+      const pages = 1 + rand(3);
+      const free = page + pages <= PAGES && used.slice(page, page + pages).every((u) => !u);
+      const inRanges = page + pages <= PAGES && !hole.some((h) => h >= page && h < page + pages);
+      if (free) {
+        a.reserve(BigInt(page) * K4, BigInt(pages) * K4);
+        for (let p = page; p < page + pages; p++) used[p] = true;
+        live.push({ page, pages });
+      } else {
+        t.throws(() => a.reserve(BigInt(page) * K4, BigInt(pages) * K4), code(inRanges ? 'EEXIST' : 'EINVAL'));
+      }
+    } else {
+      const pages = 1 + rand(4);
+      const alignPages = 1 << rand(3);
+      const limitPages = rand(2) === 0 ? PAGES : 8 + rand(PAGES - 8);
+      const want = modelAllocate(pages, alignPages, limitPages);
+      const opts = { align: BigInt(alignPages) * K4, limit: BigInt(limitPages) * K4 };
+      if (want === null) {
+        t.throws(() => a.allocate(BigInt(pages) * K4, opts), code('ENOSPC'));
+        continue;
+      }
+      const got = a.allocate(BigInt(pages) * K4, opts);
+      if (got !== BigInt(want) * K4) {
+        t.fail(`step ${i}: allocate(${pages} pages) gave page ${got / K4}, the model says ${want}`);
+        return;
+      }
+      for (let p = want; p < want + pages; p++) used[p] = true;
+      live.push({ page: want, pages });
+    }
+    const free = BigInt(used.filter((u) => !u).length) * K4;
+    if (a.freeBytes() !== free) {
+      t.fail(`step ${i}: ${a.freeBytes()} bytes free, the model says ${free}`);
+      return;
+    }
+  }
+  t.pass('4000 random steps agree with the model');
+  // Releasing a block that is partly free is refused whole: nothing changes.
+  a.setRanges([{ start: 0n, last: 8n * K4 - 1n }], []);
+  a.reserve(0n, 2n * K4);
+  t.equal(a.freeBytes(), 6n * K4, 'a reservation across the floor takes both sides of it');
+  a.release(0n, K4);
+  t.throws(() => a.release(0n, 2n * K4), code('EINVAL'), 'page 0 is already free');
+  t.equal(a.freeBytes(), 7n * K4, 'the failed release freed nothing');
+  a.release(K4, K4);
+  t.equal(a.allocate(7n * K4), K4, 'everything above the floor is one block again');
+});

@@ -1,6 +1,8 @@
 // Discovery and mode selection: sysfs description, getMode per device and per
 // machine, forced modes (option and VFIO_MODE) and what happens when the
 // machine cannot give them.
+import { renameSync } from 'node:fs';
+import { join } from 'node:path';
 import t from 'tap';
 import { createVfio } from '../lib/context.js';
 import { edu, FakeKernel } from './fake/index.js';
@@ -115,6 +117,31 @@ t.test('getDeviceInfo sets nothing up and reuses what is set up', async (t) => {
     t.equal(kernel.syscalls - before, 1, `${mode}: through the open fd (one ioctl)`);
     dev.release();
     vfio.close();
+    kernel.dispose();
+  }
+});
+
+t.test('an assigned device opens without a second look at sysfs; others are still described', async (t) => {
+  for (const mode of MODES) {
+    const { kernel, vfio } = machine(mode);
+    const container = vfio.createContainer();
+    container.assignDevice(EDU);
+    // sysfs no longer shows either device: only the assigned one can open.
+    const links = [EDU, EDU2].map((a) => join(kernel.sysfsRoot, 'bus', 'pci', 'devices', a));
+    for (const l of links) renameSync(l, `${l}.away`);
+    const dev = vfio.openDevice('00:03.0');
+    t.equal(dev.container, container, `${mode}: found by its canonical address, in its container`);
+    t.match(vfioErrorOf(() => vfio.openDevice('00:03.0')), { code: 'EEXIST' }, `${mode}: and only once`);
+    t.match(vfioErrorOf(() => vfio.openDevice('0000:00:03.0/..')), { code: 'EINVAL' }, `${mode}: the address is still checked first`);
+    t.match(
+      vfioErrorOf(() => vfio.openDevice(EDU2)),
+      { code: 'ENODEV', device: EDU2, message: /no such PCI device/ },
+      `${mode}: an unassigned device is described (and is gone)`,
+    );
+    for (const l of links) renameSync(`${l}.away`, l);
+    dev.release();
+    vfio.close();
+    t.same(kernel.leaks(), NO_LEAKS, `${mode}: nothing left open`);
     kernel.dispose();
   }
 });

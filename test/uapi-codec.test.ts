@@ -5,9 +5,13 @@ import {
   alloc,
   capabilities,
   elementOffset,
+  fieldRef,
   get,
+  getField,
+  getFieldNumber,
   read,
   set,
+  setField,
   write,
   type Scalar,
   type StructLayout,
@@ -241,4 +245,58 @@ t.test('field names and value types are checked by the compiler', async (t) => {
   t.equal(flags, 0);
   // @ts-expect-error: not a field (write)
   t.throws(() => write(vfio_region_info, buf, { argz: 1 }));
+});
+
+t.test('field refs: get and set without the name lookup, with the same checks', async (t) => {
+  for (const [type, { min, max, bytes }] of Object.entries(LIMITS) as [Scalar, (typeof LIMITS)[Scalar]][]) {
+    const layout = oneField(type);
+    const ref = fieldRef(layout, 'v');
+    const wide = bytes === 8;
+    for (const v of [min, max, 0n, 1n, (1n << 53n) - 1n, 1n << 53n, 0xfedcba98n]) {
+      if (v < min || v > max) continue;
+      const byRef = alloc(layout);
+      const byName = alloc(layout);
+      setField(ref, byRef, wide ? v : Number(v));
+      set(layout, byName, 'v', wide ? v : Number(v));
+      t.same([...byRef], [...byName], `${type} ${v}: the same bytes as set`);
+      t.equal(getField(ref, byRef), get(layout, byName, 'v'), `${type} ${v}: the same value as get`);
+      const n = getFieldNumber(ref, byRef);
+      if (v >= -(1n << 53n) + 1n && v <= (1n << 53n) - 1n) t.equal(n, Number(v), `${type} ${v} as an exact number`);
+      else t.notOk(Number.isSafeInteger(n), `${type} ${v} beyond 2^53 is not a safe number`);
+    }
+    // A number is fine for a 64-bit field, a bigint for a narrow one.
+    const buf = alloc(layout);
+    setField(ref, buf, wide ? 5 : 5n);
+    t.equal(BigInt(getField(ref, buf)), 5n);
+  }
+  // Range: refused, nothing written (the fast paths included).
+  const cases: [Scalar, number | bigint][] = [
+    ['u32', -1], ['u32', 2 ** 32], ['u32', 1.5], ['u32', Number.NaN], ['u32', 0x100000000n],
+    ['u64', -1n], ['u64', 1n << 64n], ['s64', 1n << 63n], ['u64', 2 ** 60], ['s8', 128],
+  ];
+  for (const [type, v] of cases) {
+    const layout = oneField(type);
+    const buf = alloc(layout);
+    t.throws(() => setField(fieldRef(layout, 'v'), buf, v), RangeError, `${type} refuses ${String(v)}`);
+    t.ok(buf.every((x) => x === 0), 'buffer untouched');
+  }
+  // Bounds: every access checked, at any offset.
+  const ref = fieldRef(outer, 'big');
+  const view = new Uint8Array(new ArrayBuffer(100), 3, 90);
+  setField(ref, view, 7n, 26);
+  t.equal(getField(ref, view, 26), 7n, 'the last offset that fits');
+  t.equal(get(outer, view, 'big', 26), 7n);
+  t.throws(() => getField(ref, view, 27), RangeError, 'past the end');
+  t.throws(() => setField(ref, view, 1n, 27), RangeError);
+  t.throws(() => getFieldNumber(ref, view, -57), RangeError, 'before the start');
+  t.throws(() => getField(ref, view, 0.5), RangeError, 'a fractional offset');
+  t.throws(() => getField(fieldRef(outer, 'argsz'), new Uint8Array(3)), /outer\.argsz/, 'the error names the field');
+  // Only scalar fields have refs.
+  t.throws(() => fieldRef(outer, 'nested' as never), RangeError);
+  t.throws(() => fieldRef(outer, 'small' as never), RangeError);
+  t.throws(() => fieldRef(outer, 'nope' as never), RangeError);
+  // Typed like get: bigint for 64-bit fields, number otherwise.
+  const size: bigint = getField(fieldRef(vfio_region_info, 'size'), alloc(vfio_region_info));
+  const flags: number = getField(fieldRef(vfio_region_info, 'flags'), alloc(vfio_region_info));
+  t.same([size, flags], [0n, 0]);
 });

@@ -24,7 +24,7 @@
 // the setup: no bind or attach (devices come lent, already attached), no
 // detach (closing a lent device fd only drops this holder), no IOMMU_DESTROY.
 import { teardown, withUnwind, type Unwind } from '../cleanup.js';
-import { ioctl, openFile } from '../ioctl.js';
+import { ioctl, openFile, type IoctlContext } from '../ioctl.js';
 import { closedError, usageError, VfioError } from '../libc/errors.js';
 import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDWR, PROT_READ, PROT_WRITE, type Fd, type Sys } from '../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
@@ -44,6 +44,18 @@ import {
 } from '../uapi/iommufd.js';
 import { vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../uapi/vfio.js';
 import type { AttachedDevice, ContainerBackend, IommuInfo } from './backend.js';
+
+// The fields map and unmap write on every call, looked up once.
+const MAP_SIZE = codec.fieldRef(iommu_ioas_map, 'size');
+const MAP_FLAGS = codec.fieldRef(iommu_ioas_map, 'flags');
+const MAP_IOAS = codec.fieldRef(iommu_ioas_map, 'ioas_id');
+const MAP_VA = codec.fieldRef(iommu_ioas_map, 'user_va');
+const MAP_LENGTH = codec.fieldRef(iommu_ioas_map, 'length');
+const MAP_IOVA = codec.fieldRef(iommu_ioas_map, 'iova');
+const UNMAP_SIZE = codec.fieldRef(iommu_ioas_unmap, 'size');
+const UNMAP_IOAS = codec.fieldRef(iommu_ioas_unmap, 'ioas_id');
+const UNMAP_IOVA = codec.fieldRef(iommu_ioas_unmap, 'iova');
+const UNMAP_LENGTH = codec.fieldRef(iommu_ioas_unmap, 'length');
 
 /** A device bound to this iommufd and attached to its IOAS. */
 export interface CdevDevice extends AttachedDevice {
@@ -66,6 +78,18 @@ export class CdevBackend implements ContainerBackend {
    * so that later queries neither map nor unmap memory; null when not mapped.
    */
   private scratch: { addr: bigint; length: number } | null = null;
+  /**
+   * The arguments of IOMMU_IOAS_MAP and IOMMU_IOAS_UNMAP: one buffer each for
+   * the backend's life instead of one per call (map + unmap is a driver's
+   * hot path). Safe to reuse: the ioctl is synchronous and JavaScript runs
+   * one call at a time on this thread (a worker has its own backend); each
+   * buffer is zeroed and written whole before every ioctl, and the kernel's
+   * answer (the unmapped length) is read before the method returns.
+   */
+  private readonly mapArg = new Uint8Array(iommu_ioas_map.size);
+  private readonly unmapArg = new Uint8Array(iommu_ioas_unmap.size);
+  /** What a failed map/unmap names: the iommufd node. */
+  private readonly dmaCtx: IoctlContext;
 
   private constructor(
     private readonly sys: Sys,
@@ -79,6 +103,7 @@ export class CdevBackend implements ContainerBackend {
   ) {
     this.iommufd = iommufd;
     this.ioasId = ioasId;
+    this.dmaCtx = { path: node };
   }
 
   /**
@@ -271,38 +296,28 @@ export class CdevBackend implements ContainerBackend {
   }
 
   map(vaddr: bigint, iova: bigint, size: bigint): void {
-    const arg = codec.alloc(iommu_ioas_map, {
-      size: iommu_ioas_map.size,
-      flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-      ioas_id: this.ioasId,
-      user_va: vaddr,
-      length: size,
-      iova,
-    });
-    ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_MAP', arg, { path: this.node });
+    const arg = this.mapArg;
+    arg.fill(0);
+    codec.setField(MAP_SIZE, arg, iommu_ioas_map.size);
+    codec.setField(MAP_FLAGS, arg, IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE);
+    codec.setField(MAP_IOAS, arg, this.ioasId);
+    codec.setField(MAP_VA, arg, vaddr);
+    codec.setField(MAP_LENGTH, arg, size);
+    codec.setField(MAP_IOVA, arg, iova);
+    ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_MAP', arg, this.dmaCtx);
   }
 
   unmap(iova: bigint, size: bigint): void {
-    const arg = codec.alloc(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: this.ioasId, iova, length: size });
-    const mismatch = (unmapped: bigint, cause?: unknown): VfioError =>
-      new VfioError({
-        code: 'EIO',
-        syscall: 'ioctl',
-        request: 'IOMMU_IOAS_UNMAP',
-        path: this.node,
-        detail: `asked to unmap ${size} bytes at IOVA 0x${iova.toString(16)}, the kernel unmapped ${unmapped}`,
-        cause,
-      });
+    let unmapped: bigint;
     try {
-      ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_UNMAP', arg, { path: this.node });
+      unmapped = this.unmapIoctl(iova, size);
     } catch (err) {
       // ENOENT: nothing mapped there. Reported as EIO, like Type1's
       // short unmap, so that callers see one answer in both modes.
-      if (err instanceof VfioError && err.code === 'ENOENT') throw mismatch(0n, err);
+      if (err instanceof VfioError && err.code === 'ENOENT') throw this.unmapMismatch(iova, size, 0n, err);
       throw err;
     }
-    const unmapped = codec.get(iommu_ioas_unmap, arg, 'length');
-    if (unmapped !== size) throw mismatch(unmapped);
+    if (unmapped !== size) throw this.unmapMismatch(iova, size, unmapped);
   }
 
   /**
@@ -311,15 +326,36 @@ export class CdevBackend implements ContainerBackend {
    * clearing an IOVA window a borrower may have left mappings in).
    */
   unmapRange(iova: bigint, size: bigint): bigint {
-    const arg = codec.alloc(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: this.ioasId, iova, length: size });
     try {
-      ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_UNMAP', arg, { path: this.node });
+      return this.unmapIoctl(iova, size);
     } catch (err) {
       // ENOENT: nothing mapped there.
       if (err instanceof VfioError && err.code === 'ENOENT') return 0n;
       throw err;
     }
-    return codec.get(iommu_ioas_unmap, arg, 'length');
+  }
+
+  /** IOMMU_IOAS_UNMAP of [iova, iova + size): the length the kernel unmapped. */
+  private unmapIoctl(iova: bigint, size: bigint): bigint {
+    const arg = this.unmapArg;
+    arg.fill(0);
+    codec.setField(UNMAP_SIZE, arg, iommu_ioas_unmap.size);
+    codec.setField(UNMAP_IOAS, arg, this.ioasId);
+    codec.setField(UNMAP_IOVA, arg, iova);
+    codec.setField(UNMAP_LENGTH, arg, size);
+    ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_UNMAP', arg, this.dmaCtx);
+    return codec.getField(UNMAP_LENGTH, arg);
+  }
+
+  private unmapMismatch(iova: bigint, size: bigint, unmapped: bigint, cause?: unknown): VfioError {
+    return new VfioError({
+      code: 'EIO',
+      syscall: 'ioctl',
+      request: 'IOMMU_IOAS_UNMAP',
+      path: this.node,
+      detail: `asked to unmap ${size} bytes at IOVA 0x${iova.toString(16)}, the kernel unmapped ${unmapped}`,
+      cause,
+    });
   }
 
   close(): void {

@@ -48,7 +48,7 @@ import { Device, readDeviceInfo, type DeviceInfo } from '../device.js';
 import { IovaAllocator, type IovaRange } from '../iova-allocator.js';
 import { closedError, usageError, VfioError } from '../libc/errors.js';
 import type { Fd, Sys } from '../libc/sys.js';
-import type { ModeAvailability, VfioMode } from '../mode.js';
+import type { VfioMode } from '../mode.js';
 import type { Roots } from '../paths.js';
 import { requireVfioManaged, type PciDeviceDescription } from '../sysfs.js';
 import type { AttachedDevice, IommuInfo } from './backend.js';
@@ -66,8 +66,12 @@ export interface ContainerEnv {
   readonly groupOwners: Map<number, Container>;
   /** Sysfs description of a device (validates the address). */
   describe(address: unknown): PciDeviceDescription;
-  /** Which modes the device can be driven in. */
-  availability(desc: PciDeviceDescription): ModeAvailability;
+  /**
+   * Why the device itself cannot be driven in `mode` (its nodes, its group),
+   * or null. The machine's side needs no check: the container is open in
+   * that mode.
+   */
+  deviceProblem(desc: PciDeviceDescription, mode: VfioMode): string | null;
   /** The container closed: forget it. */
   forget(container: Container): void;
 }
@@ -128,6 +132,11 @@ export interface LentDevice {
 
 let nextContainerId = 1;
 
+/** A DMA option that must be a non-negative bigint when given. */
+function checkBigOption(name: string, v: unknown): void {
+  if (v !== undefined && (typeof v !== 'bigint' || v < 0n)) throw usageError('EINVAL', `${name} must be a non-negative bigint`);
+}
+
 export class Container implements Disposable, DmaOwner {
   /** Unique per process, for messages (`container #2`). */
   readonly id: number;
@@ -142,8 +151,13 @@ export class Container implements Disposable, DmaOwner {
    */
   private rangesStale = true;
   private readonly slots = new Map<string, DeviceSlot>();
-  private readonly mappings = new Set<Mapping>();
-  private readonly byBuffer = new Map<DmaBuffer, Mapping>();
+  /**
+   * The books of DMA mappings: a buffer's mapping is kept on the buffer
+   * (DmaBuffer.mappingRecord, found from `buffers`), so that map and unmap
+   * touch no collection; `orphans` holds the mappings whose buffer's memory
+   * is gone while the kernel still maps them. `allMappings()` lists both.
+   */
+  private readonly orphans = new Set<Mapping>();
   private readonly buffers = new Set<DmaBuffer>();
   /** IOVA blocks reserved for borrowers (lib/share): iova -> size. */
   private readonly reservations = new Map<bigint, bigint>();
@@ -249,7 +263,7 @@ export class Container implements Disposable, DmaOwner {
         device,
       });
     }
-    const why = this.env.availability(desc)[this.mode];
+    const why = this.env.deviceProblem(desc, this.mode);
     if (why !== null) throw usageError('ENOTSUP', `cannot be driven by this ${this.mode} container: ${why}`, { device });
 
     withUnwind((u) => {
@@ -384,7 +398,7 @@ export class Container implements Disposable, DmaOwner {
     this.checkOpen();
     const steps: (() => void)[] = [];
     for (const buf of this.buffers) if (buf.mapped) steps.push(() => this.unmapBuffer(buf));
-    for (const m of this.mappings) if (m.buffer === null) steps.push(() => this.unmapOrphan(m));
+    for (const m of this.orphans) steps.push(() => this.unmapOrphan(m));
     teardown(steps);
   }
 
@@ -404,7 +418,7 @@ export class Container implements Disposable, DmaOwner {
         teardown([() => slot.handle?.invalidate(), () => this.backend.detach(slot.attached)]);
       });
     }
-    for (const m of [...this.mappings]) {
+    for (const m of this.allMappings()) {
       steps.push(() => {
         this.dropMapping(m, false);
         if (m.inKernel) this.backend.unmap(m.iova, m.size);
@@ -429,7 +443,7 @@ export class Container implements Disposable, DmaOwner {
   mapBuffer(buf: DmaBuffer, opts: DmaMapOptions): bigint {
     this.checkOpen();
     this.checkMapOptions(opts);
-    const size = BigInt(buf.size);
+    const size = buf.sizeBig;
     if (this.allocator === null) {
       // Identity mode: the device sees physical addresses.
       const phys = physicalAddress(this.env.sys, this.env.roots, buf.vaddr, buf.size, this.env.pageSize);
@@ -443,28 +457,47 @@ export class Container implements Disposable, DmaOwner {
       buf.setIova(phys);
       return phys;
     }
+    // The IOMMU's ranges changed (or were never read): read them first, and
+    // undo what that query keeps (cdev: its result page) if the map fails.
     const current = this.allocator;
-    return withUnwind((u) => {
-      const allocator = this.freshAllocator(current, u);
-      const iova =
-        opts.iova !== undefined
-          ? (allocator.reserve(opts.iova, size), opts.iova)
-          : allocator.allocate(size, { align: opts.align, limit: opts.dmaLimit });
-      u.defer(() => allocator.release(iova, size));
-      const live = this.backend.iommuLive;
-      if (live) this.backend.map(buf.vaddr, iova, size);
-      const m: Mapping = { iova, size, vaddr: buf.vaddr, buffer: buf, inKernel: live };
-      this.mappings.add(m);
-      this.byBuffer.set(buf, m);
-      buf.setIova(iova);
-      return iova;
-    });
+    if (this.rangesStale && this.backend.iommuLive) {
+      return withUnwind((u) => this.mapWith(this.freshAllocator(current, u), buf, size, opts));
+    }
+    return this.mapWith(current, buf, size, opts);
+  }
+
+  /**
+   * Allocates (or reserves, for `opts.iova`) the buffer's IOVA in
+   * `allocator`, maps it if the IOMMU is live, and records the mapping; the
+   * IOVA goes back to the allocator if the map fails.
+   */
+  private mapWith(allocator: IovaAllocator, buf: DmaBuffer, size: bigint, opts: DmaMapOptions): bigint {
+    let iova: bigint;
+    if (opts.iova !== undefined) {
+      allocator.reserve(opts.iova, size);
+      iova = opts.iova;
+    } else {
+      iova = allocator.allocate(size, opts.align === undefined && opts.dmaLimit === undefined ? undefined : { align: opts.align, limit: opts.dmaLimit });
+    }
+    const live = this.backend.iommuLive;
+    if (live) {
+      try {
+        this.backend.map(buf.vaddr, iova, size);
+      } catch (err) {
+        allocator.release(iova, size);
+        throw err;
+      }
+    }
+    const m: Mapping = { iova, size, vaddr: buf.vaddr, buffer: buf, inKernel: live };
+    buf.setIova(iova, m);
+    return iova;
   }
 
   /** @internal */
   unmapBuffer(buf: DmaBuffer): void {
-    const m = this.byBuffer.get(buf);
-    if (m === undefined) {
+    // SAFETY of the cast: only mapWith records on this container's buffers, and it records a Mapping.
+    const m = buf.mappingRecord as Mapping | null;
+    if (m === null) {
       buf.setIova(null);
       return;
     }
@@ -479,9 +512,9 @@ export class Container implements Disposable, DmaOwner {
         } else if (!buf.live) {
           // The buffer's memory is going away while the kernel still maps
           // it: keep the mapping as an orphan, unmapped by unmapAll or close.
-          this.byBuffer.delete(buf);
-          m.buffer = null;
           buf.setIova(null);
+          m.buffer = null;
+          this.orphans.add(m);
         }
         throw err;
       }
@@ -501,12 +534,11 @@ export class Container implements Disposable, DmaOwner {
   }
 
   private checkMapOptions(opts: DmaMapOptions): void {
-    const big = (name: string, v: unknown): void => {
-      if (v !== undefined && (typeof v !== 'bigint' || v < 0n)) throw usageError('EINVAL', `${name} must be a non-negative bigint`);
-    };
-    big('iova', opts.iova);
-    big('dmaLimit', opts.dmaLimit);
-    big('align', opts.align);
+    // No option (the usual map()): nothing to check.
+    if (opts.iova === undefined && opts.dmaLimit === undefined && opts.align === undefined) return;
+    checkBigOption('iova', opts.iova);
+    checkBigOption('dmaLimit', opts.dmaLimit);
+    checkBigOption('align', opts.align);
     if (opts.iova !== undefined && this.backend.dmaMode === 'identity') {
       throw usageError('ENOTSUP', `${this.label} is in no-IOMMU mode: a buffer's IOVA is its physical address and cannot be chosen`);
     }
@@ -515,13 +547,22 @@ export class Container implements Disposable, DmaOwner {
     }
   }
 
+  /** Every mapping in the books (a snapshot): the buffers' and the orphans. */
+  private allMappings(): Mapping[] {
+    const out: Mapping[] = [];
+    for (const buf of this.buffers) {
+      // SAFETY of the cast: only mapWith records on this container's buffers, and it records a Mapping.
+      const m = buf.mappingRecord as Mapping | null;
+      if (m !== null) out.push(m);
+    }
+    for (const m of this.orphans) out.push(m);
+    return out;
+  }
+
   /** Removes a mapping from the books; `reuse` gives its IOVAs back to the allocator. */
   private dropMapping(m: Mapping, reuse: boolean): void {
-    this.mappings.delete(m);
-    if (m.buffer !== null) {
-      this.byBuffer.delete(m.buffer);
-      m.buffer.setIova(null);
-    }
+    if (m.buffer === null) this.orphans.delete(m);
+    else m.buffer.setIova(null);
     if (reuse) this.allocator?.release(m.iova, m.size);
   }
 
@@ -540,7 +581,7 @@ export class Container implements Disposable, DmaOwner {
     const granule = info.granule > page ? info.granule : page;
     const allocator = new IovaAllocator(info.ranges, granule);
     const reserved = [...this.reservations].map(([iova, size]) => ({ iova, size }));
-    allocator.setRanges(info.ranges, [...this.mappings, ...reserved]);
+    allocator.setRanges(info.ranges, [...this.allMappings(), ...reserved]);
     return allocator;
   }
 
@@ -554,7 +595,7 @@ export class Container implements Disposable, DmaOwner {
 
   /** Maps the container's recorded mappings again (group mode, the first group just joined). */
   private replayMappings(u: Unwind, device: string): void {
-    for (const m of this.mappings) {
+    for (const m of this.allMappings()) {
       if (m.inKernel) continue;
       try {
         this.backend.map(m.vaddr, m.iova, m.size);
@@ -575,7 +616,7 @@ export class Container implements Disposable, DmaOwner {
   /** Group mode: the IOMMU is about to go away; take the mappings out of the kernel first. */
   private suspendMappings(): void {
     const steps: (() => void)[] = [];
-    for (const m of [...this.mappings]) {
+    for (const m of this.allMappings()) {
       if (!m.inKernel) continue;
       steps.push(() => {
         m.inKernel = false;
@@ -730,7 +771,7 @@ export class Container implements Disposable, DmaOwner {
     this.windows.push(range);
     const g = granule > this.allocator.granule ? granule : this.allocator.granule;
     const allocator = new IovaAllocator(this.windows, g);
-    allocator.setRanges(this.windows, this.mappings);
+    allocator.setRanges(this.windows, this.allMappings());
     this.allocator = allocator;
   }
 

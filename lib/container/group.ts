@@ -26,7 +26,7 @@
 // issued again), but it never changes the setup: no group joins or leaves
 // (no SET_CONTAINER / UNSET_CONTAINER), and closing it only closes its fds.
 import { teardown, withUnwind, type Unwind } from '../cleanup.js';
-import { ioctl, ioctlInt, openFile } from '../ioctl.js';
+import { ioctl, ioctlInt, openFile, type IoctlContext } from '../ioctl.js';
 import { usageError, VfioError } from '../libc/errors.js';
 import { O_CLOEXEC, O_RDWR, type Fd, type Sys } from '../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
@@ -64,6 +64,16 @@ export interface GroupMembership {
   readonly devices: Set<string>;
 }
 
+// The fields map and unmap write on every call, looked up once.
+const MAP_ARGSZ = codec.fieldRef(vfio_iommu_type1_dma_map, 'argsz');
+const MAP_FLAGS = codec.fieldRef(vfio_iommu_type1_dma_map, 'flags');
+const MAP_VADDR = codec.fieldRef(vfio_iommu_type1_dma_map, 'vaddr');
+const MAP_IOVA = codec.fieldRef(vfio_iommu_type1_dma_map, 'iova');
+const MAP_SIZE = codec.fieldRef(vfio_iommu_type1_dma_map, 'size');
+const UNMAP_ARGSZ = codec.fieldRef(vfio_iommu_type1_dma_unmap, 'argsz');
+const UNMAP_IOVA = codec.fieldRef(vfio_iommu_type1_dma_unmap, 'iova');
+const UNMAP_SIZE = codec.fieldRef(vfio_iommu_type1_dma_unmap, 'size');
+
 const TYPE_NAMES: Readonly<Record<number, string>> = {
   [VFIO_TYPE1_IOMMU]: 'Type1',
   [VFIO_TYPE1v2_IOMMU]: 'Type1v2',
@@ -80,6 +90,19 @@ export class GroupBackend implements ContainerBackend {
   private iommuSet = false;
   /** Attached groups by number. */
   readonly groups = new Map<number, GroupMembership>();
+  /**
+   * The arguments of VFIO_IOMMU_MAP_DMA and VFIO_IOMMU_UNMAP_DMA: one buffer
+   * each for the backend's life instead of one per call (map + unmap is a
+   * driver's hot path). Safe to reuse: the ioctl is synchronous and
+   * JavaScript runs one call at a time on this thread (a worker has its own
+   * backend); each buffer is zeroed and written whole before every ioctl,
+   * and the kernel's answer (the unmapped size) is read before the method
+   * returns.
+   */
+  private readonly mapArg = new Uint8Array(vfio_iommu_type1_dma_map.size);
+  private readonly unmapArg = new Uint8Array(vfio_iommu_type1_dma_unmap.size);
+  /** What a failed map/unmap names: the container node. */
+  private readonly dmaCtx: IoctlContext;
 
   private constructor(
     private readonly sys: Sys,
@@ -95,6 +118,7 @@ export class GroupBackend implements ContainerBackend {
     this.iommuType = iommuType;
     this.dmaMode = mode === 'noiommu' ? 'identity' : 'iommu';
     this.iommuSet = borrowed;
+    this.dmaCtx = { path: node };
   }
 
   /**
@@ -299,23 +323,21 @@ export class GroupBackend implements ContainerBackend {
   }
 
   map(vaddr: bigint, iova: bigint, size: bigint): void {
-    const arg = codec.alloc(vfio_iommu_type1_dma_map, {
-      argsz: vfio_iommu_type1_dma_map.size,
-      flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-      vaddr,
-      iova,
-      size,
-    });
-    ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_MAP_DMA', arg, { path: this.node });
+    const arg = this.mapArg;
+    arg.fill(0);
+    codec.setField(MAP_ARGSZ, arg, vfio_iommu_type1_dma_map.size);
+    codec.setField(MAP_FLAGS, arg, VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE);
+    codec.setField(MAP_VADDR, arg, vaddr);
+    codec.setField(MAP_IOVA, arg, iova);
+    codec.setField(MAP_SIZE, arg, size);
+    ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_MAP_DMA', arg, this.dmaCtx);
   }
 
   unmap(iova: bigint, size: bigint): void {
-    const arg = codec.alloc(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, flags: 0, iova, size });
-    ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_UNMAP_DMA', arg, { path: this.node });
+    const unmapped = this.unmapRange(iova, size);
     // Type1 answers an unmap of nothing with success and size 0: a mapping
     // the library believes in but the kernel does not have. Never let that
     // pass silently (SPDK once corrupted I/O that way).
-    const unmapped = codec.get(vfio_iommu_type1_dma_unmap, arg, 'size');
     if (unmapped !== size) {
       throw new VfioError({
         code: 'EIO',
@@ -330,12 +352,17 @@ export class GroupBackend implements ContainerBackend {
   /**
    * Unmaps whatever lies in [iova, iova + size) — any number of whole
    * mappings, or none — and returns how many bytes the kernel unmapped
-   * (lib/share: clearing an IOVA window a borrower may have left mappings in).
+   * (`unmap` checks it is exactly one mapping; lib/share clears an IOVA
+   * window a borrower may have left mappings in).
    */
   unmapRange(iova: bigint, size: bigint): bigint {
-    const arg = codec.alloc(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, flags: 0, iova, size });
-    ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_UNMAP_DMA', arg, { path: this.node });
-    return codec.get(vfio_iommu_type1_dma_unmap, arg, 'size');
+    const arg = this.unmapArg;
+    arg.fill(0);
+    codec.setField(UNMAP_ARGSZ, arg, vfio_iommu_type1_dma_unmap.size);
+    codec.setField(UNMAP_IOVA, arg, iova);
+    codec.setField(UNMAP_SIZE, arg, size);
+    ioctl(this.sys, this.containerFd, 'VFIO_IOMMU_UNMAP_DMA', arg, this.dmaCtx);
+    return codec.getField(UNMAP_SIZE, arg);
   }
 
   close(): void {

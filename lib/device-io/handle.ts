@@ -53,9 +53,9 @@ export interface DeviceHandle {
 export function deviceIoctl(h: DeviceHandle, name: IoctlName, arg: Uint8Array, detail?: string): number {
   h.assertOpen();
   try {
-    return ioctl(h.sys, h.fd, name, arg, { device: h.address });
+    return ioctl(h.sys, h.fd, name, arg);
   } catch (err) {
-    throw withDetail(err, detail);
+    throw withContext(err, h, detail);
   }
 }
 
@@ -63,14 +63,15 @@ export function deviceIoctl(h: DeviceHandle, name: IoctlName, arg: Uint8Array, d
 export function deviceIoctlInt(h: DeviceHandle, name: IoctlName, arg: number, detail?: string): number {
   h.assertOpen();
   try {
-    return ioctlInt(h.sys, h.fd, name, arg, { device: h.address });
+    return ioctlInt(h.sys, h.fd, name, arg);
   } catch (err) {
-    throw withDetail(err, detail);
+    throw withContext(err, h, detail);
   }
 }
 
-function withDetail(err: unknown, detail: string | undefined): unknown {
-  return err instanceof VfioError && detail !== undefined ? err.annotate({ detail }) : err;
+/** The device (and what was being attempted) on a failure; added only then, so a successful call allocates nothing. */
+function withContext(err: unknown, h: DeviceHandle, detail: string | undefined): unknown {
+  return err instanceof VfioError ? err.annotate(detail === undefined ? { device: h.address } : { device: h.address, detail }) : err;
 }
 
 /** ECLOSED for a resource (region, IRQ set) of this device. */

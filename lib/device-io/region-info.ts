@@ -11,8 +11,11 @@
 // - Sizes and offsets inside a region are plain numbers (a region larger than
 //   2^53 bytes is refused with EOVERFLOW, not rounded); the region's offset in
 //   the device fd stays a bigint.
+// - Every call asks the kernel (nothing is cached). The first, fixed-size
+//   ask reuses one module-wide argument buffer, zeroed and written before
+//   each ioctl (see `firstArg`).
 import { usageError, VfioError } from '../libc/errors.js';
-import { alloc, capabilities, elementOffset, get, read } from '../uapi/codec.js';
+import { alloc, capabilities, elementOffset, fieldRef, get, getField, getFieldNumber, read, setField } from '../uapi/codec.js';
 import {
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_BAR5_REGION_INDEX,
@@ -81,22 +84,50 @@ const FIXED_NAMES: Readonly<Record<number, string>> = {
   [VFIO_PCI_VGA_REGION_INDEX]: 'vga',
 };
 
-/** The name of region `index` of a PCI device. */
-export function regionName(index: number): string {
+function nameOf(index: number): string {
   if (index >= VFIO_PCI_BAR0_REGION_INDEX && index <= VFIO_PCI_BAR5_REGION_INDEX) return `bar${index - VFIO_PCI_BAR0_REGION_INDEX}`;
   return FIXED_NAMES[index] ?? `region${index}`;
 }
 
-/** A kernel u64 that must be a byte count or offset inside a region. */
-function safeNumber(v: bigint, what: string, h: DeviceHandle): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new VfioError({ code: 'EOVERFLOW', device: h.address, detail: `${what} ${v} does not fit a JavaScript number` });
-  }
-  return Number(v);
+/** The names of the fixed PCI regions, made once (regionInfo names one per call). */
+const PCI_NAMES: readonly string[] = Array.from({ length: VFIO_PCI_VGA_REGION_INDEX + 1 }, (_, i) => nameOf(i));
+
+/** The name of region `index` of a PCI device. */
+export function regionName(index: number): string {
+  return PCI_NAMES[index] ?? nameOf(index);
 }
 
+/** A kernel u64 (read as a number by getFieldNumber) that must be a byte count or offset inside a region. */
+function safeNumber(v: number, exact: () => bigint, what: string, h: DeviceHandle): number {
+  if (!Number.isSafeInteger(v)) {
+    throw new VfioError({ code: 'EOVERFLOW', device: h.address, detail: `${what} ${exact()} does not fit a JavaScript number` });
+  }
+  return v;
+}
+
+const ARGSZ = fieldRef(vfio_region_info, 'argsz');
+const FLAGS = fieldRef(vfio_region_info, 'flags');
+const INDEX = fieldRef(vfio_region_info, 'index');
+const CAP_OFFSET = fieldRef(vfio_region_info, 'cap_offset');
+const SIZE = fieldRef(vfio_region_info, 'size');
+const FD_OFFSET = fieldRef(vfio_region_info, 'offset');
+
+/**
+ * The argument of every first VFIO_DEVICE_GET_REGION_INFO: one buffer for the
+ * whole module instead of one per call. Safe to share: the ioctl is
+ * synchronous and JavaScript runs one call at a time on this thread (a
+ * worker has its own module instance); regionInfo zeroes it and writes the
+ * request before each ioctl, and decodes it before returning, so no call
+ * sees another's bytes. A second call, for a capability chain that did not
+ * fit, gets a buffer of its own (it is as large as the kernel asks).
+ */
+const firstArg = new Uint8Array(vfio_region_info.size);
+
+/** Capabilities of a region without a chain: one frozen empty list for all. */
+const NO_CAPS: readonly { readonly id: number; readonly version: number }[] = Object.freeze([]);
+
 /** Asks the kernel with `buf`; rethrows the missing-VGA EINVAL as ENOENT. */
-function query(h: DeviceHandle, buf: Buffer, index: number): void {
+function query(h: DeviceHandle, buf: Uint8Array, index: number): void {
   try {
     deviceIoctl(h, 'VFIO_DEVICE_GET_REGION_INFO', buf);
   } catch (err) {
@@ -123,13 +154,16 @@ export function regionInfo(h: DeviceHandle, index: number): RegionInfo {
   if (!Number.isSafeInteger(index) || index < 0 || index >= numRegions) {
     throw usageError('EINVAL', `region index ${index} is out of range: the device has regions 0..${numRegions - 1}`, { device: h.address });
   }
-  let buf = alloc(vfio_region_info, { argsz: vfio_region_info.size, index });
+  let buf: Uint8Array = firstArg;
+  buf.fill(0);
+  setField(ARGSZ, buf, vfio_region_info.size);
+  setField(INDEX, buf, index);
   query(h, buf, index);
   // The chain did not fit: the kernel put the size it needs in argsz. It can
   // only grow if the device changed under us, so two more tries are plenty.
   for (let tries = 0; ; tries++) {
-    const flags = get(vfio_region_info, buf, 'flags');
-    const needed = get(vfio_region_info, buf, 'argsz');
+    const flags = getField(FLAGS, buf);
+    const needed = getField(ARGSZ, buf);
     if ((flags & VFIO_REGION_INFO_FLAG_CAPS) === 0 || needed <= buf.byteLength) break;
     if (tries === 2) {
       throw new VfioError({ code: 'EAGAIN', device: h.address, request: 'VFIO_DEVICE_GET_REGION_INFO', detail: 'the capability chain kept growing' });
@@ -140,44 +174,49 @@ export function regionInfo(h: DeviceHandle, index: number): RegionInfo {
   return decode(h, buf, index);
 }
 
-function decode(h: DeviceHandle, buf: Buffer, index: number): RegionInfo {
-  const info = read(vfio_region_info, buf);
+function decode(h: DeviceHandle, buf: Uint8Array, index: number): RegionInfo {
+  const flags = getField(FLAGS, buf);
+  const size = safeNumber(getFieldNumber(SIZE, buf), () => getField(SIZE, buf), 'region size', h);
   let sparseAreas: RegionArea[] | null = null;
   let type: RegionType | null = null;
   let msixMappable = false;
-  const caps: { id: number; version: number }[] = [];
-  const capOffset = (info.flags & VFIO_REGION_INFO_FLAG_CAPS) !== 0 ? info.cap_offset : 0;
-  const size = safeNumber(info.size, 'region size', h);
-  try {
-    for (const cap of capabilities(buf, capOffset)) {
-      caps.push({ id: cap.id, version: cap.version });
-      if (cap.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP) {
-        sparseAreas = sparse(h, buf, cap.offset, size);
-      } else if (cap.id === VFIO_REGION_INFO_CAP_TYPE) {
-        const t = read(vfio_region_info_cap_type, buf, cap.offset);
-        const vendor = (t.type & VFIO_REGION_TYPE_PCI_VENDOR_TYPE) !== 0;
-        type = { type: t.type, subtype: t.subtype, vendorId: vendor ? t.type & VFIO_REGION_TYPE_PCI_VENDOR_MASK : null };
-      } else if (cap.id === VFIO_REGION_INFO_CAP_MSIX_MAPPABLE) {
-        msixMappable = true;
+  let caps = NO_CAPS;
+  const capOffset = (flags & VFIO_REGION_INFO_FLAG_CAPS) !== 0 ? getField(CAP_OFFSET, buf) : 0;
+  // No chain (the common case: a BAR without sparse areas): nothing to walk.
+  if (capOffset !== 0) {
+    const list: { id: number; version: number }[] = [];
+    caps = list;
+    try {
+      for (const cap of capabilities(buf, capOffset)) {
+        list.push({ id: cap.id, version: cap.version });
+        if (cap.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP) {
+          sparseAreas = sparse(h, buf, cap.offset, size);
+        } else if (cap.id === VFIO_REGION_INFO_CAP_TYPE) {
+          const t = read(vfio_region_info_cap_type, buf, cap.offset);
+          const vendor = (t.type & VFIO_REGION_TYPE_PCI_VENDOR_TYPE) !== 0;
+          type = { type: t.type, subtype: t.subtype, vendorId: vendor ? t.type & VFIO_REGION_TYPE_PCI_VENDOR_MASK : null };
+        } else if (cap.id === VFIO_REGION_INFO_CAP_MSIX_MAPPABLE) {
+          msixMappable = true;
+        }
       }
+    } catch (err) {
+      // The codec throws RangeError for a chain that points outside the buffer
+      // or backwards: that is the kernel's (or fake's) answer being malformed.
+      if (err instanceof RangeError) {
+        throw new VfioError({ code: 'EIO', device: h.address, request: 'VFIO_DEVICE_GET_REGION_INFO', detail: `malformed capability chain: ${err.message}`, cause: err });
+      }
+      throw err;
     }
-  } catch (err) {
-    // The codec throws RangeError for a chain that points outside the buffer
-    // or backwards: that is the kernel's (or fake's) answer being malformed.
-    if (err instanceof RangeError) {
-      throw new VfioError({ code: 'EIO', device: h.address, request: 'VFIO_DEVICE_GET_REGION_INFO', detail: `malformed capability chain: ${err.message}`, cause: err });
-    }
-    throw err;
   }
   return {
     index,
     name: regionName(index),
     size,
-    fdOffset: info.offset,
-    flags: info.flags,
-    readable: (info.flags & VFIO_REGION_INFO_FLAG_READ) !== 0,
-    writable: (info.flags & VFIO_REGION_INFO_FLAG_WRITE) !== 0,
-    mappable: (info.flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0,
+    fdOffset: getField(FD_OFFSET, buf),
+    flags,
+    readable: (flags & VFIO_REGION_INFO_FLAG_READ) !== 0,
+    writable: (flags & VFIO_REGION_INFO_FLAG_WRITE) !== 0,
+    mappable: (flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0,
     sparseAreas,
     type,
     msixMappable,
@@ -185,7 +224,7 @@ function decode(h: DeviceHandle, buf: Buffer, index: number): RegionInfo {
   };
 }
 
-function sparse(h: DeviceHandle, buf: Buffer, at: number, regionSize: number): RegionArea[] {
+function sparse(h: DeviceHandle, buf: Uint8Array, at: number, regionSize: number): RegionArea[] {
   const nr = get(vfio_region_info_cap_sparse_mmap, buf, 'nr_areas', at);
   const areas: RegionArea[] = [];
   for (let i = 0; i < nr; i++) {
@@ -193,8 +232,8 @@ function sparse(h: DeviceHandle, buf: Buffer, at: number, regionSize: number): R
     // read() bounds-checks against the buffer: a count larger than the
     // capability really holds is a RangeError, turned into EIO by decode().
     const a = read(vfio_region_sparse_mmap_area, buf, where);
-    const offset = safeNumber(a.offset, 'sparse area offset', h);
-    const size = safeNumber(a.size, 'sparse area size', h);
+    const offset = safeNumber(Number(a.offset), () => a.offset, 'sparse area offset', h);
+    const size = safeNumber(Number(a.size), () => a.size, 'sparse area size', h);
     if (offset + size > regionSize) {
       throw new VfioError({
         code: 'EIO', device: h.address, request: 'VFIO_DEVICE_GET_REGION_INFO',

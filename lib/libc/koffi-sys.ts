@@ -169,12 +169,25 @@ export const koffiSys: Sys = {
     if (c.close(fd) < 0) throw sysError('close', koffi.errno());
   },
 
+  // ioctl, pread and pwrite are the hot calls (every DMA map, region query,
+  // pread-backed register access): the retry loop is written out, without the
+  // closure `retrying` takes.
   ioctl(fd, request, arg) {
-    return retrying('ioctl', undefined, () => c.ioctlPtr(fd, request, arg));
+    for (;;) {
+      const r = c.ioctlPtr(fd, request, arg) as number;
+      if (r >= 0) return r;
+      const errno = koffi.errno();
+      if (errno !== EINTR) throw sysError('ioctl', errno);
+    }
   },
 
   ioctlInt(fd, request, arg) {
-    return retrying('ioctl', undefined, () => c.ioctlInt(fd, request, arg));
+    for (;;) {
+      const r = c.ioctlInt(fd, request, arg) as number;
+      if (r >= 0) return r;
+      const errno = koffi.errno();
+      if (errno !== EINTR) throw sysError('ioctl', errno);
+    }
   },
 
   mmap(length, prot, flags, fd, offset) {
@@ -223,11 +236,21 @@ export const koffiSys: Sys = {
   },
 
   pread(fd, buf, offset) {
-    return retrying('pread', undefined, () => c.pread(fd, buf, buf.byteLength, offset));
+    for (;;) {
+      const r = Number(c.pread(fd, buf, buf.byteLength, offset));
+      if (r >= 0) return r;
+      const errno = koffi.errno();
+      if (errno !== EINTR) throw sysError('pread', errno);
+    }
   },
 
   pwrite(fd, buf, offset) {
-    return retrying('pwrite', undefined, () => c.pwrite(fd, buf, buf.byteLength, offset));
+    for (;;) {
+      const r = Number(c.pwrite(fd, buf, buf.byteLength, offset));
+      if (r >= 0) return r;
+      const errno = koffi.errno();
+      if (errno !== EINTR) throw sysError('pwrite', errno);
+    }
   },
 
   ftruncate(fd, length) {

@@ -18,6 +18,9 @@
 //   RangeError instead of looping or reading out of bounds.
 // - Flexible array members (`x[]`) are not part of `size`; `read` omits them
 //   and callers reach them with `elementOffset`.
+// - `fieldRef` resolves a field by name once, for the structs an ioctl passes
+//   on every call; `getField`/`setField` through it make the same checks as
+//   `get`/`set` (bounds, range), only without the name lookup.
 
 // The generated module imports only a type from here, so this runtime import
 // is not a cycle.
@@ -258,9 +261,7 @@ function writeScalar(buf: Uint8Array, type: Scalar, at: number, v: number | bigi
       const b = typeof v === 'bigint' ? v : BigInt(v);
       if (b >= 0n && b <= MAX_SAFE) {
         // The common case (addresses, sizes): number arithmetic is exact here.
-        const n = Number(b);
-        writeU32(buf, at, n % 0x100000000);
-        writeU32(buf, at + 4, Math.floor(n / 0x100000000));
+        writeSafeU64(buf, at, Number(b));
         return;
       }
       const u = BigInt.asUintN(64, b);
@@ -269,6 +270,12 @@ function writeScalar(buf: Uint8Array, type: Scalar, at: number, v: number | bigi
       return;
     }
   }
+}
+
+/** A non-negative safe integer as a little-endian u64 (>>> 0 is exact modulo 2^32 below 2^53). */
+function writeSafeU64(buf: Uint8Array, at: number, n: number): void {
+  writeU32(buf, at, n >>> 0);
+  writeU32(buf, at + 4, (n / 0x100000000) >>> 0);
 }
 
 /** One pending store: validation happens for all of them before any is done. */
@@ -407,6 +414,84 @@ export function set<L extends StructLayout>(
   const at = offset + f.offset;
   checkBounds(buf, at, SCALARS[f.type].bytes, label(layout.name, field));
   writeScalar(buf, f.type, at, toScalar(f.type, value, layout.name, field));
+}
+
+declare const fieldValue: unique symbol;
+
+/**
+ * One scalar field of a layout, looked up once (at module load) by
+ * `fieldRef`: `getField`/`setField` then skip the name lookup that `get` and
+ * `set` do per call, and keep every check they make (bounds, range). For the
+ * structs an ioctl passes on every call (DMA map/unmap, region info).
+ */
+export interface FieldRef<V extends number | bigint> {
+  /** `struct.field`, for errors. */
+  readonly struct: string;
+  readonly field: string;
+  readonly offset: number;
+  readonly type: Scalar;
+  /** Width in bytes. */
+  readonly bytes: number;
+  /** Only carries the value type (bigint for u64/s64, number otherwise). */
+  readonly [fieldValue]?: V;
+}
+
+/**
+ * Resolves scalar field `field` of `layout` once.
+ * @throws RangeError no such field, or not a scalar one.
+ */
+export function fieldRef<L extends StructLayout, K extends ScalarField<L>>(layout: L, field: K): FieldRef<FieldValue<L, K>> {
+  const f = scalarField(layout, field);
+  return Object.freeze({ struct: layout.name, field, offset: f.offset, type: f.type, bytes: SCALARS[f.type].bytes });
+}
+
+/** checkBounds for a FieldRef access: the common case (offset 0) in two comparisons; returns the byte index. */
+function refBounds(ref: FieldRef<number | bigint>, buf: Uint8Array, offset: number): number {
+  const at = offset + ref.offset;
+  if (!((offset === 0 || Number.isSafeInteger(offset)) && at >= 0 && at + ref.bytes <= buf.byteLength)) {
+    checkBounds(buf, at, ref.bytes, label(ref.struct, ref.field));
+  }
+  return at;
+}
+
+/** `get` through a FieldRef: the field of the struct at `offset` (default 0). */
+export function getField<V extends number | bigint>(ref: FieldRef<V>, buf: Uint8Array, offset = 0): V {
+  return readScalar(buf, ref.type, refBounds(ref, buf, offset)) as V;
+}
+
+/**
+ * A field read as a number, without making a bigint for u64/s64: exact
+ * whenever the value is a safe integer; a larger magnitude comes back as a
+ * number that is not (callers that need exactness test Number.isSafeInteger).
+ */
+export function getFieldNumber(ref: FieldRef<number | bigint>, buf: Uint8Array, offset = 0): number {
+  const at = refBounds(ref, buf, offset);
+  switch (ref.type) {
+    case 'u64':
+      return readU32(buf, at + 4) * 0x100000000 + readU32(buf, at);
+    case 's64':
+      return (readU32(buf, at + 4) | 0) * 0x100000000 + readU32(buf, at);
+    default:
+      return readScalar(buf, ref.type, at) as number;
+  }
+}
+
+/** `set` through a FieldRef (range-checked like `write`). */
+export function setField<V extends number | bigint>(ref: FieldRef<V>, buf: Uint8Array, value: number | bigint, offset = 0): void {
+  const at = refBounds(ref, buf, offset);
+  // The two common cases straight to the bytes, with the same range checks:
+  // an address or size (a non-negative bigint below 2^53) into a 64-bit
+  // field, a u32 number. A bigint's Number() is a non-negative safe integer
+  // exactly when the bigint is one (any larger magnitude converts to 2^53 or
+  // more): one conversion instead of two bigint comparisons.
+  const n = ref.bytes === 8 && typeof value === 'bigint' ? Number(value) : -1;
+  if (n >= 0 && Number.isSafeInteger(n)) {
+    writeSafeU64(buf, at, n);
+  } else if (ref.type === 'u32' && typeof value === 'number' && value >= 0 && value <= 0xffffffff && Number.isInteger(value)) {
+    writeU32(buf, at, value);
+  } else {
+    writeScalar(buf, ref.type, at, toScalar(ref.type, value, ref.struct, ref.field));
+  }
 }
 
 /**
