@@ -275,3 +275,33 @@ t.test('views: typed arrays over the BAR for hot loops', async (t) => {
   t.equal(bar.read32(0x40000 + 15 * 4), 15 * 0x01010101);
   t.equal(bar.views(0x40000, 64).u64.length, 8);
 });
+
+t.test('every width on a BAR that starts mapped: the leading mapping, the pread/pwrite gap, the next mapping', async (t) => {
+  const dev = pciDevice({
+    address: '0000:00:08.0', vendor: 0x1af4, device: 0x1003, class: 0x020000,
+    bars: [{ index: 0, size: 4 * PAGE, sparse: [{ offset: 0, size: PAGE }, { offset: 2 * PAGE, size: PAGE }] }],
+  });
+  const r = rig({ devices: [dev] });
+  t.teardown(() => r.dispose());
+  const { io } = r.open('0000:00:08.0');
+  const bar = io.mapBar(0);
+  t.same(bar.mappedAreas, [{ offset: 0, size: PAGE }, { offset: 2 * PAGE, size: PAGE }]);
+  const backing = r.kernel.device('0000:00:08.0').bar(0);
+  const at = (o: number, n: number): number[] => [...backing.subarray(o, o + n)];
+  for (const o of [0, PAGE - 8, PAGE, 2 * PAGE - 8, 2 * PAGE, 4 * PAGE - 8]) {
+    bar.write8(o, 0x81);
+    bar.write16(o + 2, 0x8382);
+    bar.write32(o + 4, 0x87868584);
+    t.same(at(o, 8), [0x81, 0, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87], `8/16/32-bit stores at ${o} reached the device`);
+    t.equal(bar.read8(o), 0x81);
+    t.equal(bar.read16(o + 2), 0x8382);
+    t.equal(bar.read32(o + 4), 0x87868584);
+    t.equal(bar.read64(o), 0x8786858483820081n);
+    bar.write64(o, 0x0102030405060708n);
+    t.same(at(o, 8), [8, 7, 6, 5, 4, 3, 2, 1], `64-bit store at ${o} reached the device`);
+  }
+  t.throws(() => bar.read64(4 * PAGE), { code: 'EINVAL', message: /outside/ });
+  t.throws(() => bar.write16(PAGE - 1, 0), { code: 'EINVAL', message: /aligned/ });
+  bar.close();
+  for (const call of [() => bar.read8(0), () => bar.read64(0), () => bar.write16(0, 0), () => bar.write64(2 * PAGE, 0n)]) t.throws(call, { code: 'ECLOSED' });
+});

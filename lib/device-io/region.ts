@@ -3,18 +3,23 @@
 // accessor API.
 //
 // Guarantees:
-// - Width-exact: read32/write32 is one 32-bit load/store (a Uint32Array
-//   element on a mapping; a 4-byte pread/pwrite, which vfio-pci performs as
-//   one 32-bit access). Never a DataView on device memory: DataView accesses
-//   are byte-wise. Bulk copies loop over 32-bit elements (8/16-bit only for an
-//   unaligned head or tail), never TypedArray.set/fill/slice or Buffer.copy,
-//   which use wide vector copies that devices may reject or split.
+// - Width-exact: readN/writeN is one N-bit load/store (an element of the
+//   typed array of that width on a mapping; an N/8-byte pread/pwrite, which
+//   vfio-pci performs as one access of that width). Never a DataView on
+//   device memory: DataView accesses are byte-wise. Bulk copies loop over
+//   32-bit elements (8/16-bit only for an unaligned head or tail), never
+//   TypedArray.set/fill/slice or Buffer.copy, which use wide vector copies
+//   that devices may reject or split.
 // - Checked: every offset is bounds-checked against the range and must be
 //   naturally aligned for its width (EINVAL otherwise), before any access.
-// - Safe after close: `close()` sets the guard first, then unmaps. Every
-//   accessor checks the guard before touching memory, so an access after
-//   close is VfioError ECLOSED, never a load from unmapped memory (SIGSEGV,
-//   which nothing can catch). The device's own close closes its regions.
+//   Fast path: on a range's leading mapping the accessors do exactly these
+//   checks with a few integer operations and the typed array's own bounds
+//   (MappedRegion); everything else takes the general path.
+// - Safe after close: `close()` sets the guard first (empties the fast
+//   views, marks the region closed), then unmaps. Every accessor checks the
+//   guard before touching memory, so an access after close is VfioError
+//   ECLOSED, never a load from unmapped memory (SIGSEGV, which nothing can
+//   catch). The device's own close closes its regions.
 //   The raw typed arrays of `views()` cannot carry that guard: see there.
 // - Never maps what must not be mapped: only areas the kernel marks mappable
 //   (the whole region, or its sparse areas), minus `exclude` (the MSI-X table
@@ -83,7 +88,41 @@ type Segment = MappedSegment | RwSegment;
 /** Module-private key of Region's factory: only openRegion builds Regions. */
 const CREATE = Symbol('create');
 
-const EMPTY = { u8: new Uint8Array(0), u16: new Uint16Array(0), u32: new Uint32Array(0), u64: new BigUint64Array(0) };
+/** The views of nothing: every index is out of bounds (a closed mapping's views, an unmapped fast path). */
+const EMPTY: Views = { u8: new Uint8Array(0), u16: new Uint16Array(0), u32: new Uint32Array(0), u64: new BigUint64Array(0) };
+
+interface Views {
+  readonly u8: Uint8Array;
+  readonly u16: Uint16Array;
+  readonly u32: Uint32Array;
+  readonly u64: BigUint64Array;
+}
+
+/** Typed arrays of every width over `bytes` bytes of `buf` from byte `at` (a multiple of 8); a partial last element is left out. */
+function viewsOver(buf: ArrayBufferLike, at: number, bytes: number): Views {
+  return {
+    u8: new Uint8Array(buf, at, bytes),
+    u16: new Uint16Array(buf, at, Math.floor(bytes / 2)),
+    u32: new Uint32Array(buf, at, Math.floor(bytes / 4)),
+    u64: new BigUint64Array(buf, at, Math.floor(bytes / 8)),
+  };
+}
+
+/**
+ * The element index that range offset `offset` has in a fast view of
+ * 2^shift-byte elements, when `offset` is a non-negative integer (below 2^32)
+ * and a multiple of the width; otherwise NO_SLOT. Whether the access fits in
+ * the range is left to the view's bounds (`in`: see MappedRegion's views).
+ * The typeof test first: arithmetic on anything but a number could throw
+ * (a bigint) or run caller code (valueOf).
+ */
+const slot = (offset: number, shift: number): number =>
+  typeof offset === 'number' && offset >>> 0 === offset && (offset & ((1 << shift) - 1)) === 0 ? offset >>> shift : NO_SLOT;
+// (A const, not a function declaration: a module's function binding may be
+// reassigned, so optimized code would reload and check it on every access.)
+
+/** An index out of bounds of every view: no mapping is longer than MAX_MAP_CHUNK bytes. */
+const NO_SLOT = MAX_MAP_CHUNK;
 
 function alignDown(v: number, a: number): number {
   return Math.floor(v / a) * a;
@@ -147,27 +186,15 @@ export class Region implements Disposable {
   readonly size: number;
   readonly #h: DeviceHandle;
   readonly #segments: Segment[];
-  /** The one mapping covering the whole range, when there is one (fast path). */
+  /** The one mapping covering the whole range, when there is one (#at's shortcut). */
   #whole: MappedSegment | null;
-  /**
-   * read32/write32's fast path: the 32-bit view of #whole when the range is
-   * one mapping that may be read (#r32) / written (#w32), with #whole's byte
-   * bias and the first offset a 4-byte access no longer fits below. Null when
-   * not applicable, and set to null first thing on close (the guard). The
-   * checks it skips hold by construction: liveness is the null check,
-   * permission is which view is set, bounds and alignment are the offset
-   * test, and the one segment is #whole.
-   */
-  #r32: Uint32Array | null = null;
-  #w32: Uint32Array | null = null;
-  readonly #bias32: number = 0;
-  readonly #end32: number = 0;
   #closed = false;
   readonly #onClose: ((r: Region) => void) | undefined;
   /** 8-byte bounce buffer for pread/pwrite accesses (host memory). */
   readonly #scratch = Buffer.alloc(8);
 
-  private constructor(h: DeviceHandle, info: RegionInfo, offset: number, size: number, segments: Segment[], onClose: ((r: Region) => void) | undefined) {
+  /** Only for MappedRegion: openRegion builds every Region. */
+  protected constructor(h: DeviceHandle, info: RegionInfo, offset: number, size: number, segments: Segment[], onClose: ((r: Region) => void) | undefined) {
     this.#h = h;
     this.info = info;
     this.offset = offset;
@@ -175,20 +202,20 @@ export class Region implements Disposable {
     this.#segments = segments;
     const only = segments.length === 1 ? segments[0] : undefined;
     this.#whole = only !== undefined && only.kind === 'mmap' ? only : null;
-    // #whole's bias is range offset 0's byte in its views: a multiple of 8
-    // (openRegion takes 8-aligned offsets, mappings start on pages).
-    if (this.#whole !== null && this.#whole.bias >= 0 && this.#whole.bias % 4 === 0) {
-      this.#bias32 = this.#whole.bias;
-      this.#end32 = size - 3;
-      if (info.readable) this.#r32 = this.#whole.u32;
-      if (info.writable) this.#w32 = this.#whole.u32;
-    }
     this.#onClose = onClose;
   }
 
-  /** Built only by openRegion (the key is module-private), which has validated everything. */
+  /**
+   * Built only by openRegion (the key is module-private), which has
+   * validated everything: a MappedRegion when the range starts with a
+   * mapping (its bias, range offset 0's byte in the views, is a multiple of
+   * 8: openRegion takes 8-aligned offsets and mappings start on pages).
+   */
   static [CREATE](h: DeviceHandle, info: RegionInfo, offset: number, size: number, segments: Segment[], onClose?: (r: Region) => void): Region {
-    return new Region(h, info, offset, size, segments, onClose);
+    const lead = segments[0];
+    return lead !== undefined && lead.kind === 'mmap' && lead.start === 0 && lead.bias % 8 === 0
+      ? new MappedRegion(h, info, offset, size, segments, onClose, lead)
+      : new Region(h, info, offset, size, segments, onClose);
   }
 
   get closed(): boolean {
@@ -202,21 +229,17 @@ export class Region implements Disposable {
 
   // --- width-exact accessors ----------------------------------------------
 
+  // The general path: every check (#at), then one access of the width
+  // through the offset's segment. MappedRegion puts its fast path in front.
+
   read8(offset: number): number {
-    const s = this.#at(offset, 1, false);
-    return s.kind === 'mmap' ? (s.u8[s.bias + offset] as number) : this.#pread(offset, 1);
+    return this.#read(offset, 1);
   }
   read16(offset: number): number {
-    const s = this.#at(offset, 2, false);
-    return s.kind === 'mmap' ? (s.u16[(s.bias + offset) / 2] as number) : this.#pread(offset, 2);
+    return this.#read(offset, 2);
   }
   read32(offset: number): number {
-    const u = this.#r32;
-    // `offset >>> 0 === offset`: an integer in [0, 2^32); with the alignment
-    // and end tests, exactly the offsets #at would accept (see #r32).
-    if (u !== null && offset >>> 0 === offset && (offset & 3) === 0 && offset < this.#end32) return u[(this.#bias32 + offset) >>> 2]!;
-    const s = this.#at(offset, 4, false);
-    return s.kind === 'mmap' ? (s.u32[(s.bias + offset) / 4] as number) : this.#pread(offset, 4);
+    return this.#read(offset, 4);
   }
   read64(offset: number): bigint {
     const s = this.#at(offset, 8, false);
@@ -226,28 +249,13 @@ export class Region implements Disposable {
   }
 
   write8(offset: number, value: number): void {
-    const v = this.#value(value, 8);
-    const s = this.#at(offset, 1, true);
-    if (s.kind === 'mmap') s.u8[s.bias + offset] = v;
-    else this.#pwrite(offset, 1, v);
+    this.#write(offset, 1, value);
   }
   write16(offset: number, value: number): void {
-    const v = this.#value(value, 16);
-    const s = this.#at(offset, 2, true);
-    if (s.kind === 'mmap') s.u16[(s.bias + offset) / 2] = v;
-    else this.#pwrite(offset, 2, v);
+    this.#write(offset, 2, value);
   }
   write32(offset: number, value: number): void {
-    const u = this.#w32;
-    // As read32; `value >>> 0 === value` is #value's check for 32 bits.
-    if (u !== null && offset >>> 0 === offset && (offset & 3) === 0 && offset < this.#end32 && value >>> 0 === value) {
-      u[(this.#bias32 + offset) >>> 2] = value;
-      return;
-    }
-    const v = this.#value(value, 32);
-    const s = this.#at(offset, 4, true);
-    if (s.kind === 'mmap') s.u32[(s.bias + offset) / 4] = v;
-    else this.#pwrite(offset, 4, v);
+    this.#write(offset, 4, value);
   }
   write64(offset: number, value: bigint | number): void {
     const v = this.#value64(value);
@@ -333,15 +341,7 @@ export class Region implements Disposable {
     if (s === undefined || s.kind !== 'mmap' || offset + length > s.end) {
       throw usageError('ENOTSUP', `[0x${offset.toString(16)}, 0x${(offset + length).toString(16)}) of ${this.info.name} is not mmap'd in one piece: use the accessors`, { device: this.#h.address });
     }
-    const byte = s.u8.byteOffset + s.bias + offset;
-    const buf = s.u8.buffer;
-    return {
-      offset,
-      u8: new Uint8Array(buf, byte, length),
-      u16: new Uint16Array(buf, byte, Math.floor(length / 2)),
-      u32: new Uint32Array(buf, byte, Math.floor(length / 4)),
-      u64: new BigUint64Array(buf, byte, Math.floor(length / 8)),
-    };
+    return { offset, ...viewsOver(s.u8.buffer, s.u8.byteOffset + s.bias + offset, length) };
   }
 
   /**
@@ -362,9 +362,8 @@ export class Region implements Disposable {
    */
   close(): void {
     if (this.#closed) return;
-    // Guard first: from here on no accessor reaches the memory.
-    this.#r32 = null;
-    this.#w32 = null;
+    // Guard first: from here on no accessor reaches the memory (MappedRegion
+    // has emptied its fast views before calling this).
     this.#closed = true;
     this.#whole = null;
     let first: unknown;
@@ -386,6 +385,24 @@ export class Region implements Disposable {
   }
 
   // --- internals ---------------------------------------------------------------
+
+  /** The general path of the 8/16/32-bit accessors. */
+  #read(offset: number, width: 1 | 2 | 4): number {
+    const s = this.#at(offset, width, false);
+    if (s.kind === 'rw') return this.#pread(offset, width);
+    const b = s.bias + offset;
+    return (width === 1 ? s.u8[b] : width === 2 ? s.u16[b / 2] : s.u32[b / 4]) as number;
+  }
+
+  #write(offset: number, width: 1 | 2 | 4, value: number): void {
+    const v = this.#value(value, width === 1 ? 8 : width === 2 ? 16 : 32);
+    const s = this.#at(offset, width, true);
+    if (s.kind === 'rw') return this.#pwrite(offset, width, v);
+    const b = s.bias + offset;
+    if (width === 1) s.u8[b] = v;
+    else if (width === 2) s.u16[b / 2] = v;
+    else s.u32[b / 4] = v;
+  }
 
   /** Liveness, permission, bounds and alignment for one access; returns its segment. */
   #at(offset: number, width: number, write: boolean): Segment {
@@ -494,6 +511,123 @@ export class Region implements Disposable {
 }
 
 /**
+ * A Region whose range starts with a mapping: each accessor first tries its
+ * fast path over that leading mapping, then falls back to Region's general
+ * path (the rest of the range, and every error).
+ *
+ * A class of its own so that the fast accessors' JIT feedback is theirs:
+ * ranges with no mapping at all (config space, I/O BARs) run Region's
+ * accessors, and the general path never shares a call site with the hot
+ * one. Once an accessor here has fallen back (an error, or an offset past
+ * the leading mapping), the JIT compiles that call into loops around it,
+ * which costs them some speed, never correctness.
+ */
+class MappedRegion extends Region {
+  /**
+   * The fast views: for reading (#rN) and writing (#wN) with N-bit elements,
+   * element 0 at range offset 0, over the leading mapping [0, end). An N-bit
+   * access at range offset o takes the fast path exactly when
+   * `slot(o) in view`: o is a non-negative integer multiple of N/8 (else
+   * slot() gives NO_SLOT) and [o, o + N/8) lies inside the leading mapping
+   * (the views hold floor(end / (N/8)) elements). They are EMPTY (no index is
+   * in them) where the region may not be read / written, and after close,
+   * which empties them first thing (the guard). So that one test stands for
+   * all of #at's checks (liveness, permission, bounds, alignment) and its
+   * segment lookup. The fast path runs no caller code (slot() and the value
+   * tests look at numbers and bigints only), so nothing can close the region
+   * between loading a view and accessing it.
+   */
+  #r8: Uint8Array = EMPTY.u8;
+  #r16: Uint16Array = EMPTY.u16;
+  #r32: Uint32Array = EMPTY.u32;
+  #r64: BigUint64Array = EMPTY.u64;
+  #w8: Uint8Array = EMPTY.u8;
+  #w16: Uint16Array = EMPTY.u16;
+  #w32: Uint32Array = EMPTY.u32;
+  #w64: BigUint64Array = EMPTY.u64;
+
+  constructor(h: DeviceHandle, info: RegionInfo, offset: number, size: number, segments: Segment[], onClose: ((r: Region) => void) | undefined, lead: MappedSegment) {
+    super(h, info, offset, size, segments, onClose);
+    // SAFETY: inside lead's mapping, which lives until close() has emptied these views.
+    const v = viewsOver(lead.u8.buffer, lead.u8.byteOffset + lead.bias, lead.end);
+    this.#setFast(info.readable ? v : EMPTY, info.writable ? v : EMPTY);
+  }
+
+  // Each: the element index (NO_SLOT for a value that does not fit), the one
+  // test `i in view`, one access of the view; else Region's general path.
+  // `in` reads no memory, and the JIT compiles it, for an index that was
+  // always in bounds, into the bounds check the access needs anyway
+  // (deoptimizing otherwise): then no branch leaves a hot loop around the
+  // accessor, and the JIT optimizes that loop as a whole (an `if` around the
+  // value test or a length compare would keep it from doing so).
+
+  override read8(offset: number): number {
+    const i = slot(offset, 0);
+    const u = this.#r8;
+    return i in u ? u[i]! : super.read8(offset);
+  }
+  override read16(offset: number): number {
+    const i = slot(offset, 1);
+    const u = this.#r16;
+    return i in u ? u[i]! : super.read16(offset);
+  }
+  override read32(offset: number): number {
+    const i = slot(offset, 2);
+    const u = this.#r32;
+    return i in u ? u[i]! : super.read32(offset);
+  }
+  override read64(offset: number): bigint {
+    const i = slot(offset, 3);
+    const u = this.#r64;
+    return i in u ? u[i]! : super.read64(offset);
+  }
+
+  // The value tests are #value's and #value64's (the general path repeats
+  // them); typeof first, as in slot().
+  override write8(offset: number, value: number): void {
+    const i = typeof value === 'number' && (value & 0xff) === value ? slot(offset, 0) : NO_SLOT;
+    const u = this.#w8;
+    if (i in u) u[i] = value;
+    else super.write8(offset, value);
+  }
+  override write16(offset: number, value: number): void {
+    const i = typeof value === 'number' && (value & 0xffff) === value ? slot(offset, 1) : NO_SLOT;
+    const u = this.#w16;
+    if (i in u) u[i] = value;
+    else super.write16(offset, value);
+  }
+  override write32(offset: number, value: number): void {
+    const i = typeof value === 'number' && value >>> 0 === value ? slot(offset, 2) : NO_SLOT;
+    const u = this.#w32;
+    if (i in u) u[i] = value;
+    else super.write32(offset, value);
+  }
+  override write64(offset: number, value: bigint | number): void {
+    const i = typeof value === 'bigint' && BigInt.asUintN(64, value) === value ? slot(offset, 3) : NO_SLOT;
+    const u = this.#w64;
+    if (i in u) u[i] = value as bigint;
+    else super.write64(offset, value);
+  }
+
+  override close(): void {
+    // The guard, first: from here on no fast path reaches the memory.
+    this.#setFast(EMPTY, EMPTY);
+    super.close();
+  }
+
+  #setFast(r: Views, w: Views): void {
+    this.#r8 = r.u8;
+    this.#r16 = r.u16;
+    this.#r32 = r.u32;
+    this.#r64 = r.u64;
+    this.#w8 = w.u8;
+    this.#w16 = w.u16;
+    this.#w32 = w.u32;
+    this.#w64 = w.u64;
+  }
+}
+
+/**
  * Opens [offset, offset+size) of region `info`: mmaps every page-granular
  * piece the kernel allows (see OpenRegionOptions.exclude), the rest is reached
  * with pread/pwrite.
@@ -536,14 +670,7 @@ export function openRegion(h: DeviceHandle, info: RegionInfo, opts: OpenRegionOp
       // SAFETY: the mapping stays alive until Region.close() unmaps it, and
       // close() sets the guard every accessor checks before doing so.
       const u8 = h.sys.view(addr, length);
-      const buf = u8.buffer;
-      const seg: MappedSegment = {
-        kind: 'mmap', start: start - lo, end: end - lo, addr, length, bias: lo - mapStart,
-        u8,
-        u16: new Uint16Array(buf, u8.byteOffset, Math.floor(length / 2)),
-        u32: new Uint32Array(buf, u8.byteOffset, Math.floor(length / 4)),
-        u64: new BigUint64Array(buf, u8.byteOffset, Math.floor(length / 8)),
-      };
+      const seg: MappedSegment = { kind: 'mmap', start: start - lo, end: end - lo, addr, length, bias: lo - mapStart, ...viewsOver(u8.buffer, u8.byteOffset, length) };
       segments.push(seg);
       at = end;
     }
