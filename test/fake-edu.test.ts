@@ -188,6 +188,79 @@ t.test('DMA runs from a timer: the start bit stays set and RAM keeps its old byt
   t.same(k.leaks(), { fds: 0, mappings: 0, pinned: 0 });
 });
 
+/** Wires edu's one MSI vector to a new eventfd. */
+function msiEventfd(k: FakeKernel, d: number): number {
+  const efd = k.sys.eventfd(0, EFD_NONBLOCK);
+  const set = alloc(V.vfio_irq_set, { argsz: V.vfio_irq_set.size + 4, flags: V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER, index: V.VFIO_PCI_MSI_IRQ_INDEX, start: 0, count: 1 }, 4);
+  new DataView(set.buffer, set.byteOffset).setInt32(V.vfio_irq_set.size, efd, true);
+  k.sys.ioctl(d, V.VFIO_DEVICE_SET_IRQS, set);
+  return efd;
+}
+
+t.test('a blocking poll sleeps until the device acts, as the process blocked in poll(2) would', async (t) => {
+  const k = fresh(t, { devices: [edu({ timing: { factorialMs: 60, dmaMs: 80 } })] });
+  const s = k.sys;
+  const { c, d, close } = openDev(k);
+  busMaster(k, d);
+  const efd = msiEventfd(k, d);
+  const wait = (timeoutMs: number): { revents: number[]; ms: number } => {
+    const t0 = performance.now();
+    const revents = s.poll([{ fd: efd, events: POLLIN }], timeoutMs);
+    return { revents, ms: performance.now() - t0 };
+  };
+  t.equal(k.nextDeviceDeadline(), null, 'no device work yet');
+  t.throws(() => s.poll([{ fd: efd, events: POLLIN }], -1), { code: 'EDEADLK' }, 'poll(-1) with nothing that can ever make the fd ready');
+
+  // A factorial with its interrupt enabled: poll(-1) returns with the MSI.
+  wr(k, d, 0x20, 4, 0x80);
+  wr(k, d, 0x08, 4, 5);
+  t.ok(k.nextDeviceDeadline() !== null, 'the factorial is on the kernel\'s timer list');
+  const fact = wait(-1);
+  t.same(fact.revents, [POLLIN], 'poll(-1): the factorial-done MSI');
+  t.ok(fact.ms >= 50, `it waited for the factorial (${fact.ms.toFixed(1)} ms)`);
+  t.equal(rd(k, d, 0x08, 4), 120n, '5!');
+  t.equal(rd(k, d, 0x24, 4), 1n, 'interrupt status: factorial');
+  t.equal(k.nextDeviceDeadline(), null, 'nothing pending any more');
+  wr(k, d, 0x64, 4, 1);
+  wr(k, d, 0x20, 4, 0);
+  s.read(efd, new Uint8Array(8));
+
+  // A DMA that raises an interrupt: a 1 s poll returns when it is done, not after 1 s.
+  const buf = dmaBuffer(k, c, 0x100000n);
+  buf.bytes().set([9, 8, 7, 6], 0);
+  wr(k, d, 0x80, 8, 0x100000n);
+  wr(k, d, 0x88, 8, 0x40000n);
+  wr(k, d, 0x90, 8, 4n);
+  wr(k, d, 0x98, 4, 0x1 | 0x4);
+  const dma = wait(1000);
+  t.same(dma.revents, [POLLIN], 'the DMA-done MSI');
+  t.ok(dma.ms >= 70 && dma.ms < 600, `returned when the DMA completed (${dma.ms.toFixed(1)} ms), not at the timeout`);
+  t.equal(rd(k, d, 0x98, 4) & 1n, 0n, 'the transfer is done');
+  t.equal(rd(k, d, 0x24, 4), 0x100n, 'interrupt status: DMA');
+  wr(k, d, 0x64, 4, 0x100);
+  s.read(efd, new Uint8Array(8));
+
+  // A DMA without an interrupt: poll(-1) sleeps until it is done, then nothing can make the fd ready.
+  wr(k, d, 0x80, 8, 0x40000n);
+  wr(k, d, 0x88, 8, 0x100800n);
+  wr(k, d, 0x98, 4, 0x1 | 0x2);
+  const t0 = performance.now();
+  t.throws(() => s.poll([{ fd: efd, events: POLLIN }], -1), { code: 'EDEADLK' }, 'no interrupt will come');
+  t.ok(performance.now() - t0 >= 70, 'but only once the device had done its work');
+  t.same([...buf.bytes().subarray(0x800, 0x804)], [9, 8, 7, 6], 'the DMA ran meanwhile');
+
+  // A timeout shorter than the device's work: poll returns at the timeout, the work still runs.
+  wr(k, d, 0x08, 4, 6);
+  const short = wait(5);
+  t.same(short.revents, [0], 'timeout: nothing ready');
+  t.ok(short.ms >= 4, `after the 5 ms timeout (${short.ms.toFixed(1)} ms)`);
+  t.equal(rd(k, d, 0x20, 4) & 1n, 1n, 'still computing: the poll did not wait for the 60 ms factorial');
+  s.close(efd);
+  close();
+  s.munmap(buf.addr, 4096);
+  t.same(k.leaks(), { fds: 0, mappings: 0, pinned: 0 });
+});
+
 t.test('a DMA outside the 4 KiB buffer stops the engine (QEMU 7.2 stops the VM), and says so', async (t) => {
   const k = fresh(t);
   const { c, d, close } = openDev(k);

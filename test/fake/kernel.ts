@@ -152,6 +152,15 @@ export class FakeKernel implements KernelCore, VfioHost {
   private readonly nodes = new Map<string, (accessMode: number) => FakeFile>();
   private readonly trees: Trees;
   private readonly pending = new Set<() => void>();
+  /**
+   * The kernel's timer list for devices: per device, the earliest tick its
+   * model asked for (DeviceContext.wakeAt) that no kernel tick has served
+   * yet. It is when a device can next change something on its own (finish a
+   * DMA, raise an interrupt), which is what a blocking poll waits for. A
+   * model asks again at every tick for work still pending (a device keeps
+   * one timer, the earliest), so a served entry is simply dropped.
+   */
+  private readonly deviceWakes = new Map<FakePciDevice, number>();
 
   constructor(opts: FakeKernelOptions = {}) {
     const mode = opts.mode ?? 'cdev';
@@ -199,6 +208,7 @@ export class FakeKernel implements KernelCore, VfioHost {
       if (this.pciDevices.has(desc.address)) throw new TypeError(`two devices at ${desc.address}`);
       const isVfio = desc.driver !== null && /vfio/.test(desc.driver);
       const dev = new FakePciDevice(desc, this, busAddress, isVfio ? index++ : null);
+      this.listWakes(dev);
       this.pciDevices.set(desc.address, dev);
     }
     const all = [...this.pciDevices.values()];
@@ -390,8 +400,41 @@ export class FakeKernel implements KernelCore, VfioHost {
     return null;
   }
 
+  /**
+   * Puts the device's wake-up requests on the kernel's timer list as well
+   * (the device still arms its own timer for them): FakePciDevice keeps its
+   * timer to itself, and a synchronous poll, which blocks the event loop
+   * those timers run on, must know when a device will act.
+   */
+  private listWakes(dev: FakePciDevice): void {
+    const armDeviceTimer = dev.wakeAt.bind(dev);
+    dev.wakeAt = (at: number): void => {
+      const listed = this.deviceWakes.get(dev);
+      if (listed === undefined || at < listed) this.deviceWakes.set(dev, at);
+      armDeviceTimer(at);
+    };
+  }
+
   tickDevices(): void {
-    for (const d of this.pciDevices.values()) d.tick();
+    for (const d of this.pciDevices.values()) {
+      // This tick serves a wake-up that is due; the model lists again whatever is still pending.
+      const at = this.deviceWakes.get(d);
+      if (at !== undefined && at <= d.now()) this.deviceWakes.delete(d);
+      d.tick();
+    }
+  }
+
+  /**
+   * When the earliest device wake-up is due (the devices' clock,
+   * performance.now() milliseconds), or null when no device has work
+   * pending: then nothing but the process itself can make an fd ready. A
+   * time in the past means a tick is due (work a device timer may already
+   * have finished: the next tickDevices() drops it).
+   */
+  nextDeviceDeadline(): number | null {
+    let next: number | null = null;
+    for (const at of this.deviceWakes.values()) if (next === null || at < next) next = at;
+    return next;
   }
 
   /** pollAsync's wait: resolves when an fd is ready or the timeout passes; never spins. */

@@ -125,6 +125,8 @@ export interface SyscallRecord {
 /** A stand-in for "the address of the caller's buffer" when an integer-argument request is given a buffer. */
 const BUFFER_POINTER_VALUE = 0x7ffd00001000n;
 const HUGE_2M = 2 * 1024 * 1024;
+/** What a blocking poll sleeps on (Atomics.wait with a timeout): nothing ever notifies it. */
+const SLEEP = new Int32Array(new SharedArrayBuffer(4));
 
 export class FakeSys implements Sys {
   constructor(private readonly k: FakeKernel) {}
@@ -413,13 +415,24 @@ export class FakeSys implements Sys {
   poll(fds: readonly PollFd[], timeoutMs: number): number[] {
     return this.enter('poll', {}, () => {
       const files = fds.map((p) => (p.fd < 0 ? null : this.k.fds.lookup(p.fd)));
-      const now = this.revents(fds, files);
-      if (now.some((r) => r !== 0) || timeoutMs === 0) return now;
-      if (timeoutMs < 0) fail('EDEADLK', 'poll(-1) with nothing ready: no other thread can make an fd ready, the real call would never return');
-      // Sleep for real: the caller asked to wait this long.
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, timeoutMs);
-      this.k.tickDevices();
-      return this.revents(fds, files);
+      // Blocks as poll(2) does, until an fd is ready or the timeout has passed.
+      // The process is blocked (so are the event loop and the devices' own
+      // timers): only a device can make an fd ready meanwhile, and only at a
+      // time its model asked for. So: sleep until the earliest such time (or
+      // the timeout), let the devices act, look at the fds again.
+      const end = timeoutMs < 0 ? Infinity : performance.now() + timeoutMs;
+      for (;;) {
+        const ready = this.revents(fds, files);
+        if (ready.some((r) => r !== 0) || performance.now() >= end) return ready;
+        const wake = this.k.nextDeviceDeadline();
+        if (wake === null && end === Infinity) {
+          fail('EDEADLK', 'poll(-1) with nothing ready and no device work pending: no other thread can make an fd ready, the real call would never return');
+        }
+        const ms = Math.min(wake ?? Infinity, end) - performance.now();
+        // Sleep for real: the device's work (or the caller's timeout) takes this long.
+        if (ms > 0) Atomics.wait(SLEEP, 0, 0, ms);
+        this.k.tickDevices();
+      }
     });
   }
 
