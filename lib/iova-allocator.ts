@@ -58,14 +58,19 @@ function maxLen(n: Node | null): bigint {
   return n === null ? -1n : n.maxLen;
 }
 
-function update(n: Node): Node {
-  n.height = 1 + Math.max(height(n.left), height(n.right));
+/** Sets `maxLen` from the node's own length and its children's. */
+function refreshMaxLen(n: Node): void {
   let m = n.end - n.start;
   const l = maxLen(n.left);
   const r = maxLen(n.right);
   if (l > m) m = l;
   if (r > m) m = r;
   n.maxLen = m;
+}
+
+function update(n: Node): Node {
+  n.height = 1 + Math.max(height(n.left), height(n.right));
+  refreshMaxLen(n);
   return n;
 }
 
@@ -135,12 +140,7 @@ function refreshPath(n: Node | null, start: bigint): void {
   if (n === null) return;
   if (start < n.start) refreshPath(n.left, start);
   else if (start > n.start) refreshPath(n.right, start);
-  let m = n.end - n.start;
-  const l = maxLen(n.left);
-  const r = maxLen(n.right);
-  if (l > m) m = l;
-  if (r > m) m = r;
-  n.maxLen = m;
+  refreshMaxLen(n);
 }
 
 /** The node with the greatest start < x (strictly). */
