@@ -78,6 +78,7 @@ function plan(quick: boolean): string[] {
     `ram-views-read32:${q(2000000, 200000)}:${q(5, 3)}`,
     `ffi-floor:${q(20000, 2000)}:${q(5, 3)}`,
     `irq:${q(400, 60)}:1`,
+    `irq-remote:${q(400, 60)}:1`,
     `irq-wait:${q(200, 30)}:1`,
     // 10k first: its long batches leave the JIT warm for the short 1k ones,
     // whose own warm-up alone would not (their per-op time would be inflated).
