@@ -93,10 +93,17 @@ export class Type1 implements IommuDriver, DmaSpace {
     return b & -b;
   }
 
-  static checkExtension(iommu: Type1 | null, arg: bigint): number {
+  /**
+   * vfio_iommu_type1_check_extension(); `iommu` is null before SET_IOMMU.
+   * With the `type1: 'v1'` option the driver does not offer
+   * VFIO_TYPE1v2_IOMMU (as before Linux 3.15, which added it); every other
+   * answer stays 6.12's (the driver behind it is 6.12's).
+   */
+  static checkExtension(k: KernelCore, iommu: Type1 | null, arg: bigint): number {
     switch (arg) {
-      case BigInt(VFIO_TYPE1_IOMMU):
       case BigInt(VFIO_TYPE1v2_IOMMU):
+        return k.config.type1v2 ? 1 : 0;
+      case BigInt(VFIO_TYPE1_IOMMU):
       case BigInt(VFIO_UNMAP_ALL):
         return 1;
       case BigInt(VFIO_UPDATE_VADDR):
@@ -108,7 +115,7 @@ export class Type1 implements IommuDriver, DmaSpace {
   }
 
   checkExtension(arg: bigint): number {
-    return Type1.checkExtension(this, arg);
+    return Type1.checkExtension(this.k, this, arg);
   }
 
   attachGroup(_group: VfioGroup): void {
@@ -374,7 +381,7 @@ export class Container {
     if (k.config.type1) {
       out.push({
         noiommu: false,
-        check: (arg) => Type1.checkExtension(null, arg),
+        check: (arg) => Type1.checkExtension(k, null, arg),
         open: (arg) => new Type1(k, arg === BigInt(VFIO_TYPE1v2_IOMMU)),
       });
     }

@@ -23,6 +23,11 @@ export interface KernelConfig {
   readonly noiommuParam: boolean;
   /** Whether vfio_iommu_type1 is loaded (it answers CHECK_EXTENSION and SET_IOMMU). */
   readonly type1: boolean;
+  /**
+   * Whether vfio_iommu_type1 offers VFIO_TYPE1v2_IOMMU (every driver since
+   * Linux 3.15 does); false: it offers Type1 (v1) only (the `type1: 'v1'` option).
+   */
+  readonly type1v2: boolean;
   /** /dev/vfio/vfio and the group nodes exist. */
   readonly groupInterface: boolean;
   /** /dev/iommu and /dev/vfio/devices/vfioN exist. */

@@ -48,8 +48,12 @@ export interface FakeKernelOptions {
   readonly groupInterface?: boolean;
   /** /dev/iommu and /dev/vfio/devices/vfioN (default: true in 'cdev' mode only). */
   readonly cdevInterface?: boolean;
-  /** vfio_iommu_type1 loaded (default true). */
-  readonly type1?: boolean;
+  /**
+   * vfio_iommu_type1 loaded (default true). 'v1': loaded, but offering only
+   * VFIO_TYPE1_IOMMU (CHECK_EXTENSION(VFIO_TYPE1v2_IOMMU) is 0, SET_IOMMU of
+   * it ENODEV), so that a container runs with Type1 v1's unmap rules.
+   */
+  readonly type1?: boolean | 'v1';
   readonly iommu?: Partial<IommuModel>;
   /** vfio_iommu_type1 dma_entry_limit (default 65535). */
   readonly dmaEntryLimit?: number;
@@ -167,7 +171,8 @@ export class FakeKernel implements KernelCore, VfioHost {
     this.config = {
       mode,
       noiommuParam: mode === 'noiommu',
-      type1: opts.type1 ?? true,
+      type1: (opts.type1 ?? true) !== false,
+      type1v2: opts.type1 !== 'v1',
       groupInterface: opts.groupInterface ?? true,
       cdevInterface: opts.cdevInterface ?? mode === 'cdev',
       iommu: { ...DEFAULT_IOMMU, ...opts.iommu },
