@@ -23,7 +23,7 @@ import type { Sys } from './libc/sys.js';
 import { chooseMode, deviceMachineProblem, deviceModeProblem, machineModeProblem, machinePreference, parseMode, type VfioMode } from './mode.js';
 import { DEFAULT_ROOTS, type Roots } from './paths.js';
 import { parsePciAddress } from './pci-address.js';
-import { describePciDevice, requireVfioManaged, type PciDeviceDescription } from './sysfs.js';
+import { describePciDevice, locatePciDevice, requireVfioManaged, type PciDeviceDescription, type PciDeviceLocation } from './sysfs.js';
 
 export interface VfioOptions {
   /** The kernel: the real one (lib/libc/koffi-sys.ts) or a fake. */
@@ -62,6 +62,7 @@ export class Vfio implements Disposable {
   private defaultSlot: Container | null = null;
   private readonly deviceOwners = new Map<string, Container>();
   private readonly groupOwners = new Map<number, Container>();
+  private envCache: ContainerEnv | undefined;
   private closedFlag = false;
 
   constructor(opts: VfioOptions) {
@@ -104,8 +105,7 @@ export class Vfio implements Disposable {
   getMode(address?: string): VfioMode {
     this.checkOpen();
     if (address === undefined) return this.machineMode(this.forcedMode);
-    const desc = this.describeManaged(address);
-    return this.deviceMode(desc);
+    return this.deviceMode(this.locateManaged(address));
   }
 
   /**
@@ -127,7 +127,7 @@ export class Vfio implements Disposable {
    */
   getDeviceInfo(address: string): DeviceInfo {
     this.checkOpen();
-    const desc = this.describeManaged(address);
+    const desc = this.locateManaged(address);
     const holder =
       this.deviceOwners.get(desc.address) ?? (desc.iommuGroup === null ? undefined : this.groupOwners.get(desc.iommuGroup));
     if (holder !== undefined) return holder.deviceInfo(desc);
@@ -162,11 +162,17 @@ export class Vfio implements Disposable {
     // An assigned device is found by its canonical address, without reading
     // sysfs again: its container holds its group or device fd open, and
     // while that fd is open the kernel keeps it bound to vfio-pci (an unbind
-    // waits for the release), so the description would say the same.
-    const canonical = parsePciAddress(address).canonical;
-    const assigned = this.deviceOwners.get(canonical);
+    // waits for the release), so the description would say the same. The
+    // usual call names it as assignDevice recorded it (canonically): found
+    // as it is; any other spelling is parsed, and so validated, first.
+    let canonical = address;
+    let assigned = this.deviceOwners.get(address);
+    if (assigned === undefined) {
+      canonical = parsePciAddress(address).canonical;
+      assigned = this.deviceOwners.get(canonical);
+    }
     if (assigned !== undefined) return assigned.openAssigned(canonical);
-    const desc = this.describeManaged(canonical);
+    const desc = this.locateManaged(canonical);
     const created = this.defaultSlot === null || this.defaultSlot.closed;
     const container = this.defaultContainerFor(desc);
     try {
@@ -272,17 +278,17 @@ export class Vfio implements Disposable {
   }
 
   /** The mode a device would be driven in: the forced one, else the first the machine and the device offer. */
-  private deviceMode(desc: PciDeviceDescription): VfioMode {
+  private deviceMode(desc: PciDeviceLocation): VfioMode {
     return chooseMode((m) => deviceMachineProblem(this.roots, desc, m), this.forcedMode, { device: desc.address });
   }
 
-  private describeManaged(address: string): PciDeviceDescription {
-    const desc = describePciDevice(this.roots, address);
+  private locateManaged(address: string): PciDeviceLocation {
+    const desc = locatePciDevice(this.roots, address);
     requireVfioManaged(desc);
     return desc;
   }
 
-  private defaultContainerFor(desc: PciDeviceDescription): Container {
+  private defaultContainerFor(desc: PciDeviceLocation): Container {
     if (this.defaultSlot === null || this.defaultSlot.closed) {
       this.defaultSlot = this.newContainer(this.deviceMode(desc));
     }
@@ -303,20 +309,22 @@ export class Vfio implements Disposable {
     return this.pageSizeCache;
   }
 
+  /** What every container of this context shares: made once (it holds nothing that changes). */
   private containerEnv(): ContainerEnv {
-    return {
+    this.envCache ??= {
       sys: this.sys,
       roots: this.roots,
       pageSize: this.pageSize,
       deviceOwners: this.deviceOwners,
       groupOwners: this.groupOwners,
-      describe: (address) => describePciDevice(this.roots, address),
+      locate: (address, mode) => locatePciDevice(this.roots, address, { cdev: mode === 'cdev' }),
       deviceProblem: deviceModeProblem,
       forget: (c) => {
         this.containers.delete(c);
         if (this.defaultSlot === c) this.defaultSlot = null;
       },
     };
+    return this.envCache;
   }
 }
 

@@ -47,32 +47,51 @@ export interface DeviceResource {
   close(): void;
 }
 
+const INFO_ARGSZ = codec.fieldRef(vfio_device_info, 'argsz');
+const INFO_FLAGS = codec.fieldRef(vfio_device_info, 'flags');
+const INFO_NUM_REGIONS = codec.fieldRef(vfio_device_info, 'num_regions');
+const INFO_NUM_IRQS = codec.fieldRef(vfio_device_info, 'num_irqs');
+const INFO_CAP_OFFSET = codec.fieldRef(vfio_device_info, 'cap_offset');
+
+/**
+ * The argument of every first VFIO_DEVICE_GET_INFO: one buffer for the whole
+ * module. Safe to share: the ioctl is synchronous and JavaScript runs one call
+ * at a time on this thread (a worker has its own module instance);
+ * readDeviceInfo zeroes it and writes the request before each ioctl, and
+ * decodes it before returning. A second call, for a capability chain that did
+ * not fit, gets a buffer of its own (as large as the kernel asks).
+ */
+const firstInfoArg = new Uint8Array(vfio_device_info.size);
+
+/** Capabilities of a device without a chain: one frozen empty list for all. */
+const NO_CAPS: readonly { readonly id: number; readonly version: number }[] = Object.freeze([]);
+
 /**
  * Reads VFIO_DEVICE_GET_INFO from a device fd, capability chain included.
  * @throws VfioError any errno of the ioctl (EINVAL for an unbound cdev fd).
  */
 export function readDeviceInfo(sys: Sys, fd: Fd, address: string, path?: string): DeviceInfo {
   const ctx = { device: address, path };
-  let buf = codec.alloc(vfio_device_info, { argsz: vfio_device_info.size });
+  let buf: Uint8Array = firstInfoArg;
+  buf.fill(0);
+  codec.setField(INFO_ARGSZ, buf, vfio_device_info.size);
   ioctl(sys, fd, 'VFIO_DEVICE_GET_INFO', buf, ctx);
   // The kernel raises argsz when the capability chain did not fit.
-  const needed = codec.get(vfio_device_info, buf, 'argsz');
+  const needed = codec.getField(INFO_ARGSZ, buf);
   if (needed > buf.length) {
     buf = codec.alloc(vfio_device_info, { argsz: needed }, needed - vfio_device_info.size);
     ioctl(sys, fd, 'VFIO_DEVICE_GET_INFO', buf, ctx);
   }
-  const info = codec.read(vfio_device_info, buf);
-  const capabilities =
-    (info.flags & VFIO_DEVICE_FLAGS_CAPS) !== 0 && info.cap_offset !== 0
-      ? [...codec.capabilities(buf, info.cap_offset)].map(({ id, version }) => ({ id, version }))
-      : [];
+  const flags = codec.getField(INFO_FLAGS, buf);
+  const capOffset = (flags & VFIO_DEVICE_FLAGS_CAPS) !== 0 ? codec.getField(INFO_CAP_OFFSET, buf) : 0;
+  const capabilities = capOffset !== 0 ? [...codec.capabilities(buf, capOffset)].map(({ id, version }) => ({ id, version })) : NO_CAPS;
   return {
     address,
-    flags: info.flags,
-    reset: (info.flags & VFIO_DEVICE_FLAGS_RESET) !== 0,
-    pci: (info.flags & VFIO_DEVICE_FLAGS_PCI) !== 0,
-    numRegions: info.num_regions,
-    numIrqs: info.num_irqs,
+    flags,
+    reset: (flags & VFIO_DEVICE_FLAGS_RESET) !== 0,
+    pci: (flags & VFIO_DEVICE_FLAGS_PCI) !== 0,
+    numRegions: codec.getField(INFO_NUM_REGIONS, buf),
+    numIrqs: codec.getField(INFO_NUM_IRQS, buf),
     capabilities,
   };
 }

@@ -29,7 +29,7 @@ import {
   vfioContainerNode,
   type Roots,
 } from './paths.js';
-import type { PciDeviceDescription } from './sysfs.js';
+import type { PciDeviceLocation } from './sysfs.js';
 
 export type VfioMode = 'cdev' | 'group' | 'noiommu';
 
@@ -92,7 +92,7 @@ export function machineAvailability(roots: Roots): ModeAvailability {
  * or null when it can; the machine's side is machineModeProblem's. A
  * container already open in `mode` has proved the machine's side.
  */
-export function deviceModeProblem(desc: PciDeviceDescription, mode: VfioMode): string | null {
+export function deviceModeProblem(desc: PciDeviceLocation, mode: VfioMode): string | null {
   const noGroup = desc.iommuGroup === null ? 'the device has no IOMMU group' : null;
   const inNoiommuGroup = desc.noiommu ? `the device's group ${desc.iommuGroup} is a no-IOMMU group (use noiommu mode)` : null;
   switch (mode) {
@@ -113,12 +113,12 @@ export function deviceModeProblem(desc: PciDeviceDescription, mode: VfioMode): s
 }
 
 /** Why the machine or the device cannot give `mode`, or null: the machine's reason first. */
-export function deviceMachineProblem(roots: Roots, desc: PciDeviceDescription, mode: VfioMode): string | null {
+export function deviceMachineProblem(roots: Roots, desc: PciDeviceLocation, mode: VfioMode): string | null {
   return machineModeProblem(roots, mode) ?? deviceModeProblem(desc, mode);
 }
 
 /** What a device offers: the machine's modes narrowed by the device's nodes. */
-export function deviceAvailability(roots: Roots, desc: PciDeviceDescription): ModeAvailability {
+export function deviceAvailability(roots: Roots, desc: PciDeviceLocation): ModeAvailability {
   return {
     cdev: deviceMachineProblem(roots, desc, 'cdev'),
     group: deviceMachineProblem(roots, desc, 'group'),

@@ -1,10 +1,11 @@
 // Discovery and mode selection: sysfs description, getMode per device and per
 // machine, forced modes (option and VFIO_MODE) and what happens when the
 // machine cannot give them.
-import { renameSync } from 'node:fs';
+import { renameSync, rmSync, symlinkSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { createVfio } from '../lib/context.js';
+import { locatePciDevice } from '../lib/sysfs.js';
 import { edu, FakeKernel } from './fake/index.js';
 import { EDU, EDU2, MODES, NO_LEAKS, machine, vfioErrorOf } from './core-harness.js';
 
@@ -144,4 +145,77 @@ t.test('an assigned device opens without a second look at sysfs; others are stil
     t.same(kernel.leaks(), NO_LEAKS, `${mode}: nothing left open`);
     kernel.dispose();
   }
+});
+
+t.test('locating a device reads what its setup needs: not its ids, the cdev node only when asked', async (t) => {
+  for (const mode of MODES) {
+    const { kernel, vfio } = machine(mode);
+    const roots = { sysfs: kernel.sysfsRoot, dev: kernel.devRoot, proc: kernel.procRoot };
+    const d = vfio.describeDevice(EDU);
+    const loc = locatePciDevice(roots, '00:03.0');
+    t.same(
+      loc,
+      { address: EDU, driver: d.driver, iommuGroup: d.iommuGroup, noiommu: d.noiommu, groupNode: d.groupNode, cdevNode: d.cdevNode },
+      `${mode}: the description without its ids`,
+    );
+    t.same(locatePciDevice(roots, EDU, { cdev: false }), { ...loc, cdevNode: null }, `${mode}: cdev: false does not look for the cdev node`);
+    const dir = join(kernel.sysfsRoot, 'bus', 'pci', 'devices', EDU);
+    renameSync(join(dir, 'vendor'), join(dir, 'vendor.away'));
+    t.match(vfioErrorOf(() => vfio.describeDevice(EDU)), { code: 'ENODEV', message: /cannot read vendor/ }, `${mode}: describing reads the ids`);
+    t.same(locatePciDevice(roots, EDU), loc, `${mode}: locating does not`);
+    const dev = vfio.openDevice(EDU);
+    t.equal(dev.address, EDU, `${mode}: nor does setting the device up`);
+    vfio.close();
+    renameSync(join(dir, 'vendor.away'), join(dir, 'vendor'));
+    t.match(
+      vfioErrorOf(() => locatePciDevice(roots, '0000:00:1f.0')),
+      { code: 'ENODEV', device: '0000:00:1f.0', message: /no such PCI device in .*\/bus\/pci\/devices\)$/ },
+      `${mode}: a missing device`,
+    );
+    t.match(vfioErrorOf(() => locatePciDevice(roots, '00:03.0/..')), { code: 'EINVAL' }, `${mode}: the address is checked first`);
+    // A device with neither a driver nor an IOMMU group exists all the same.
+    const links = ['driver', 'iommu_group'].map((l) => ({ path: join(dir, l), target: readlinkSync(join(dir, l)) }));
+    for (const l of links) rmSync(l.path);
+    t.match(locatePciDevice(roots, EDU), { address: EDU, driver: null, iommuGroup: null, noiommu: false, groupNode: null }, `${mode}: no driver, no group`);
+    const again = createVfio({ sys: kernel.sys, ...roots, env: {} });
+    t.match(vfioErrorOf(() => again.openDevice(EDU)), { code: 'ENODEV', message: /not managed by VFIO: no driver is bound/ }, `${mode}: not managed`);
+    for (const l of links) symlinkSync(l.target, l.path);
+    t.same(kernel.leaks(), NO_LEAKS, `${mode}: nothing left open`);
+    kernel.dispose();
+  }
+});
+
+t.test('a group-mode container sets a device up without its cdev node', async (t) => {
+  const { kernel, vfio } = machine('cdev');
+  t.teardown(() => kernel.dispose());
+  const dir = join(kernel.sysfsRoot, 'bus', 'pci', 'devices', EDU);
+  // Unreadable vfio-dev: a group container never looks there; a cdev one must.
+  renameSync(join(dir, 'vfio-dev'), join(dir, 'vfio-dev.away'));
+  const group = vfio.createContainer({ mode: 'group' });
+  group.assignDevice(EDU);
+  t.equal(vfio.openDevice(EDU).container, group);
+  group.close();
+  t.match(
+    vfioErrorOf(() => vfio.createContainer({ mode: 'cdev' }).assignDevice(EDU)),
+    { code: 'ENOTSUP', message: /no vfio-dev cdev node/ },
+    'a cdev container looks for the node',
+  );
+  renameSync(join(dir, 'vfio-dev.away'), join(dir, 'vfio-dev'));
+  vfio.close();
+  t.same(kernel.leaks(), NO_LEAKS);
+});
+
+t.test('openDevice of an assigned device: any spelling of its address, and only addresses', async (t) => {
+  const { kernel, vfio } = machine('group');
+  t.teardown(() => kernel.dispose());
+  const container = vfio.createContainer();
+  container.assignDevice('00:03.0');
+  const dev = vfio.openDevice(EDU);
+  t.equal(dev.container, container, 'the canonical address as assignDevice recorded it');
+  dev.release();
+  container.assignDevice(EDU);
+  t.equal(vfio.openDevice('00:03.0').container, container, 'another spelling');
+  t.match(vfioErrorOf(() => vfio.openDevice(3 as unknown as string)), { code: 'EINVAL' }, 'not a string: EINVAL');
+  vfio.close();
+  t.same(kernel.leaks(), NO_LEAKS);
 });

@@ -105,9 +105,30 @@ t.test('capability walks survive loops and garbage', async (t) => {
   live[0x102] = (live[0x102]! & 0x0f) | ((0x100 << 4) & 0xf0);
   live[0x103] = (0x100 << 4) >> 8;
   t.same(io.config.extendedCapabilities().map((c) => c.offset), [0x100]);
+  live[second + 1] = first | 3; // the low two bits of a pointer are reserved: masked off (and so a loop)
+  t.same(io.config.capabilities().map((c) => c.offset), [first, second]);
+  live[second + 1] = 0;
+  live[second] = 0xff; // an all-ones id: the function is not answering
+  t.same(io.config.capabilities().map((c) => c.offset), [first]);
   // No capability list bit: nothing, even with a pointer in 0x34.
   live[0x06] = live[0x06]! & ~0x10;
   t.same(io.config.capabilities(), []);
+});
+
+t.test('the standard walk reads each capability header once', async (t) => {
+  const dev = pciDevice({
+    address: '0000:00:04.0', vendor: 1, device: 2, class: 0, pcie: true,
+    bars: [{ index: 0, size: 1 << 14 }],
+    irqs: { msi: 4, msix: 16, msixTableOffset: 0x2000, msixPbaOffset: 0x3000 },
+  });
+  const r = rig({ devices: [dev] });
+  t.teardown(() => r.dispose());
+  const { io } = r.open('0000:00:04.0');
+  io.config.read8(0); // the config region is open
+  const before = r.kernel.syscalls;
+  const caps = io.config.capabilities();
+  t.same(caps.map((c) => c.name), ['pcie', 'msi', 'msix']);
+  t.equal(r.kernel.syscalls - before, 2 + caps.length, 'status, the list pointer, then one read of id and next per capability');
 });
 
 t.test('a conventional device has no extended capabilities', async (t) => {

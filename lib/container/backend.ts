@@ -11,7 +11,7 @@ import type { Unwind } from '../cleanup.js';
 import type { Fd } from '../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
 import type { VfioMode } from '../mode.js';
-import type { PciDeviceDescription } from '../sysfs.js';
+import type { PciDeviceLocation } from '../sysfs.js';
 
 /** A device the backend has set up: its fd is ready for device ioctls. */
 export interface AttachedDevice {
@@ -47,7 +47,7 @@ export interface ContainerBackend {
   readonly iommuLive: boolean;
 
   /** Sets up a device (and its group, if new): on failure nothing stays open. */
-  attach(desc: PciDeviceDescription): AttachedDevice;
+  attach(desc: PciDeviceLocation): AttachedDevice;
   /** Tears a device down (cdev: detach + close; group: close its fd). Runs every step, throws the first error. */
   detach(dev: AttachedDevice): void;
   /** True when pruneGroups() would take the IOMMU down (group mode: every attached group is empty). */

@@ -29,7 +29,7 @@ import { closedError, usageError, VfioError } from '../libc/errors.js';
 import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDWR, PROT_READ, PROT_WRITE, type Fd, type Sys } from '../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
 import { iommufdNode, type Roots } from '../paths.js';
-import { groupBlockers, notViableDetail, type PciDeviceDescription } from '../sysfs.js';
+import { groupBlockers, notViableDetail, type PciDeviceLocation } from '../sysfs.js';
 import * as codec from '../uapi/codec.js';
 import {
   IOMMU_IOAS_MAP_FIXED_IOVA,
@@ -56,6 +56,15 @@ const UNMAP_SIZE = codec.fieldRef(iommu_ioas_unmap, 'size');
 const UNMAP_IOAS = codec.fieldRef(iommu_ioas_unmap, 'ioas_id');
 const UNMAP_IOVA = codec.fieldRef(iommu_ioas_unmap, 'iova');
 const UNMAP_LENGTH = codec.fieldRef(iommu_ioas_unmap, 'length');
+// The fields of the setup ioctls (each container and device makes them once,
+// but setting devices up is what drivers do over and over).
+const IOAS_ALLOC_SIZE = codec.fieldRef(iommu_ioas_alloc, 'size');
+const IOAS_ALLOC_ID = codec.fieldRef(iommu_ioas_alloc, 'out_ioas_id');
+const BIND_ARGSZ = codec.fieldRef(vfio_device_bind_iommufd, 'argsz');
+const BIND_IOMMUFD = codec.fieldRef(vfio_device_bind_iommufd, 'iommufd');
+const BIND_DEVID = codec.fieldRef(vfio_device_bind_iommufd, 'out_devid');
+const ATTACH_ARGSZ = codec.fieldRef(vfio_device_attach_iommufd_pt, 'argsz');
+const ATTACH_PT = codec.fieldRef(vfio_device_attach_iommufd_pt, 'pt_id');
 
 /** A device bound to this iommufd and attached to its IOAS. */
 export interface CdevDevice extends AttachedDevice {
@@ -128,15 +137,17 @@ export class CdevBackend implements ContainerBackend {
     return withUnwind((u) => {
       const fd = iommufdOf === undefined ? openFile(sys, node, O_RDWR | O_CLOEXEC) : sys.dup(iommufdOf);
       u.defer(() => sys.close(fd));
-      const arg = codec.alloc(iommu_ioas_alloc, { size: iommu_ioas_alloc.size, flags: 0 });
+      // Zeroed: flags 0 and the fields this module does not use.
+      const arg = new Uint8Array(iommu_ioas_alloc.size);
+      codec.setField(IOAS_ALLOC_SIZE, arg, iommu_ioas_alloc.size);
       ioctl(sys, fd, 'IOMMU_IOAS_ALLOC', arg, { path: node });
       // No destroy step needed on a later failure: nothing can fail after
       // the allocation.
-      return new CdevBackend(sys, roots, node, fd, codec.get(iommu_ioas_alloc, arg, 'out_ioas_id'), pageSize);
+      return new CdevBackend(sys, roots, node, fd, codec.getField(IOAS_ALLOC_ID, arg), pageSize);
     });
   }
 
-  attach(desc: PciDeviceDescription): CdevDevice {
+  attach(desc: PciDeviceLocation): CdevDevice {
     const address = desc.address;
     if (this.borrowed) {
       throw usageError('ENOTSUP', 'a borrowed container cannot set devices up: the process that lent it assigns them', { device: address });
@@ -152,23 +163,20 @@ export class CdevBackend implements ContainerBackend {
       // Closing the cdev fd unbinds and detaches: the one undo step needed.
       u.defer(() => sys.close(fd));
       const ctx = { path: node, device: address };
-      const bind = codec.alloc(vfio_device_bind_iommufd, {
-        argsz: vfio_device_bind_iommufd.size,
-        flags: 0,
-        iommufd: this.iommufd,
-      });
+      // Zeroed: flags 0 and the fields this module does not use.
+      const bind = new Uint8Array(vfio_device_bind_iommufd.size);
+      codec.setField(BIND_ARGSZ, bind, vfio_device_bind_iommufd.size);
+      codec.setField(BIND_IOMMUFD, bind, this.iommufd);
       try {
         ioctl(sys, fd, 'VFIO_DEVICE_BIND_IOMMUFD', bind, ctx);
       } catch (err) {
         throw this.explainBindFailure(err, desc);
       }
-      const attach = codec.alloc(vfio_device_attach_iommufd_pt, {
-        argsz: vfio_device_attach_iommufd_pt.size,
-        flags: 0,
-        pt_id: this.ioasId,
-      });
+      const attach = new Uint8Array(vfio_device_attach_iommufd_pt.size);
+      codec.setField(ATTACH_ARGSZ, attach, vfio_device_attach_iommufd_pt.size);
+      codec.setField(ATTACH_PT, attach, this.ioasId);
       ioctl(sys, fd, 'VFIO_DEVICE_ATTACH_IOMMUFD_PT', attach, ctx);
-      return { address, fd, group, node, devId: codec.get(vfio_device_bind_iommufd, bind, 'out_devid') };
+      return { address, fd, group, node, devId: codec.getField(BIND_DEVID, bind) };
     });
   }
 
@@ -182,7 +190,7 @@ export class CdevBackend implements ContainerBackend {
    *   device twice). The argument here is well-formed and the file fresh, so
    *   that is the one EINVAL left (seen on Linux 6.12 in the VM tier).
    */
-  private explainBindFailure(err: unknown, desc: PciDeviceDescription): unknown {
+  private explainBindFailure(err: unknown, desc: PciDeviceLocation): unknown {
     if (!(err instanceof VfioError)) return err;
     let detail: string;
     if (err.code === 'EPERM' && groupBlockers(this.roots, desc).length > 0) detail = notViableDetail(this.roots, desc);

@@ -50,7 +50,7 @@ import { closedError, usageError, VfioError } from '../libc/errors.js';
 import type { Fd, Sys } from '../libc/sys.js';
 import type { VfioMode } from '../mode.js';
 import type { Roots } from '../paths.js';
-import { requireVfioManaged, type PciDeviceDescription } from '../sysfs.js';
+import { requireVfioManaged, type PciDeviceLocation } from '../sysfs.js';
 import type { AttachedDevice, IommuInfo } from './backend.js';
 import { CdevBackend, type CdevDevice } from './cdev.js';
 import { GroupBackend } from './group.js';
@@ -64,14 +64,17 @@ export interface ContainerEnv {
   readonly deviceOwners: Map<string, Container>;
   /** Which container holds devices of each IOMMU group, across the context. */
   readonly groupOwners: Map<number, Container>;
-  /** Sysfs description of a device (validates the address). */
-  describe(address: unknown): PciDeviceDescription;
+  /**
+   * Where VFIO reaches a device, as sysfs says (validates the address); the
+   * cdev node is looked for only when `mode` is 'cdev'.
+   */
+  locate(address: unknown, mode: VfioMode): PciDeviceLocation;
   /**
    * Why the device itself cannot be driven in `mode` (its nodes, its group),
    * or null. The machine's side needs no check: the container is open in
    * that mode.
    */
-  deviceProblem(desc: PciDeviceDescription, mode: VfioMode): string | null;
+  deviceProblem(desc: PciDeviceLocation, mode: VfioMode): string | null;
   /** The container closed: forget it. */
   forget(container: Container): void;
 }
@@ -245,11 +248,11 @@ export class Container implements Disposable, DmaOwner {
    */
   assignDevice(address: string): void {
     this.checkOpen();
-    this.assignDescribed(this.env.describe(address));
+    this.assignDescribed(this.env.locate(address, this.mode));
   }
 
-  /** @internal assignDevice for a device already described. */
-  assignDescribed(desc: PciDeviceDescription): void {
+  /** @internal assignDevice for a device already located. */
+  assignDescribed(desc: PciDeviceLocation): void {
     this.checkOpen();
     const device = desc.address;
     requireVfioManaged(desc);
@@ -310,7 +313,7 @@ export class Container implements Disposable, DmaOwner {
    * @internal VFIO_DEVICE_GET_INFO for a device of this container, or for a
    * device of one of its groups set up just for the call.
    */
-  deviceInfo(desc: PciDeviceDescription): DeviceInfo {
+  deviceInfo(desc: PciDeviceLocation): DeviceInfo {
     this.checkOpen();
     const slot = this.slots.get(desc.address);
     if (slot !== undefined) return readDeviceInfo(this.env.sys, slot.attached.fd, desc.address);

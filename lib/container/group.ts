@@ -31,7 +31,7 @@ import { usageError, VfioError } from '../libc/errors.js';
 import { O_CLOEXEC, O_RDWR, type Fd, type Sys } from '../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
 import { vfioContainerNode, vfioGroupNode, type Roots } from '../paths.js';
-import { notViableDetail, type PciDeviceDescription } from '../sysfs.js';
+import { notViableDetail, type PciDeviceLocation } from '../sysfs.js';
 import * as codec from '../uapi/codec.js';
 import {
   VFIO_API_VERSION,
@@ -73,6 +73,9 @@ const MAP_SIZE = codec.fieldRef(vfio_iommu_type1_dma_map, 'size');
 const UNMAP_ARGSZ = codec.fieldRef(vfio_iommu_type1_dma_unmap, 'argsz');
 const UNMAP_IOVA = codec.fieldRef(vfio_iommu_type1_dma_unmap, 'iova');
 const UNMAP_SIZE = codec.fieldRef(vfio_iommu_type1_dma_unmap, 'size');
+// The fields of the group's status, read when a group joins.
+const STATUS_ARGSZ = codec.fieldRef(vfio_group_status, 'argsz');
+const STATUS_FLAGS = codec.fieldRef(vfio_group_status, 'flags');
 
 const TYPE_NAMES: Readonly<Record<number, string>> = {
   [VFIO_TYPE1_IOMMU]: 'Type1',
@@ -189,7 +192,7 @@ export class GroupBackend implements ContainerBackend {
     return TYPE_NAMES[this.iommuType] ?? `type ${this.iommuType}`;
   }
 
-  attach(desc: PciDeviceDescription): AttachedDevice {
+  attach(desc: PciDeviceLocation): AttachedDevice {
     const address = desc.address;
     if (this.borrowed) {
       throw usageError('ENOTSUP', 'a borrowed container cannot set devices up: the process that lent it assigns them', { device: address });
@@ -210,15 +213,16 @@ export class GroupBackend implements ContainerBackend {
   }
 
   /** Opens a group, checks it, and joins it to this container (setting the IOMMU if it is the first). */
-  private join(desc: PciDeviceDescription, group: number, node: string, u: Unwind): GroupMembership {
+  private join(desc: PciDeviceLocation, group: number, node: string, u: Unwind): GroupMembership {
     const sys = this.sys;
     const device = desc.address;
     const ctx = { path: node, device };
     const fd = openFile(sys, node, O_RDWR | O_CLOEXEC, device);
     u.defer(() => sys.close(fd));
-    const status = codec.alloc(vfio_group_status, { argsz: vfio_group_status.size });
+    const status = new Uint8Array(vfio_group_status.size);
+    codec.setField(STATUS_ARGSZ, status, vfio_group_status.size);
     ioctl(sys, fd, 'VFIO_GROUP_GET_STATUS', status, ctx);
-    const flags = codec.get(vfio_group_status, status, 'flags');
+    const flags = codec.getField(STATUS_FLAGS, status);
     if ((flags & VFIO_GROUP_FLAGS_VIABLE) === 0) {
       throw usageError('EBUSY', notViableDetail(this.roots, desc), ctx);
     }

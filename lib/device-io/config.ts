@@ -200,10 +200,13 @@ export class ConfigSpace implements Disposable {
     for (let hops = 0; hops < STD_CAP_TTL; hops++) {
       if (at < STD_CAP_FLOOR || seen.has(at)) break;
       seen.add(at);
-      const id = this.read8(at);
+      // The id and the next pointer in one access (one pread): `at` is
+      // dword-aligned and below 0x100, so the 16 bits lie in the header.
+      const header = this.read16(at);
+      const id = header & 0xff;
       if (id === 0xff) break; // all-ones: the function is not answering
       out.push({ id, offset: at, name: CAP_NAMES.get(id) });
-      at = this.read8(at + 1) & ~3;
+      at = (header >>> 8) & ~3;
     }
     return out;
   }

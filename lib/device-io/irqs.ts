@@ -23,7 +23,7 @@
 import { usageError, VfioError } from '../libc/errors.js';
 import { readEventfdCount } from '../libc/eventfd-poller.js';
 import { EFD_CLOEXEC, EFD_NONBLOCK, type EventfdWatcher, type Fd } from '../libc/sys.js';
-import { alloc, elementOffset, read } from '../uapi/codec.js';
+import { elementOffset, fieldRef, getField, setField } from '../uapi/codec.js';
 import {
   VFIO_IRQ_INFO_AUTOMASKED,
   VFIO_IRQ_INFO_EVENTFD,
@@ -102,13 +102,30 @@ interface Listener {
   waiting: boolean;
 }
 
+// The fields of the IRQ ioctls, looked up once.
+const INFO_ARGSZ = fieldRef(vfio_irq_info, 'argsz');
+const INFO_INDEX = fieldRef(vfio_irq_info, 'index');
+const INFO_FLAGS = fieldRef(vfio_irq_info, 'flags');
+const INFO_COUNT = fieldRef(vfio_irq_info, 'count');
+const SET_ARGSZ = fieldRef(vfio_irq_set, 'argsz');
+const SET_FLAGS = fieldRef(vfio_irq_set, 'flags');
+const SET_INDEX = fieldRef(vfio_irq_set, 'index');
+const SET_START = fieldRef(vfio_irq_set, 'start');
+const SET_COUNT = fieldRef(vfio_irq_set, 'count');
+/** Where data[] starts in vfio_irq_set. */
+const SET_DATA = elementOffset(vfio_irq_set, 'data', 0);
+
 /** SET_IRQS with `fds` (or no data). */
 function setIrqs(h: DeviceHandle, index: number, flags: number, start: number, count: number, fds?: readonly Fd[], detail?: string): void {
   const dataBytes = fds === undefined ? 0 : fds.length * 4;
-  const buf = alloc(vfio_irq_set, { argsz: vfio_irq_set.size + dataBytes, flags, index, start, count }, dataBytes);
+  const buf = Buffer.alloc(vfio_irq_set.size + dataBytes);
+  setField(SET_ARGSZ, buf, vfio_irq_set.size + dataBytes);
+  setField(SET_FLAGS, buf, flags);
+  setField(SET_INDEX, buf, index);
+  setField(SET_START, buf, start);
+  setField(SET_COUNT, buf, count);
   // DATA_EVENTFD: data[] holds one C int (s32, little-endian) per vector.
-  const data = elementOffset(vfio_irq_set, 'data', 0);
-  fds?.forEach((fd, i) => buf.writeInt32LE(fd, data + 4 * i));
+  if (fds !== undefined) for (let i = 0; i < fds.length; i++) buf.writeInt32LE(fds[i]!, SET_DATA + 4 * i);
   deviceIoctl(h, 'VFIO_DEVICE_SET_IRQS', buf, detail);
 }
 
@@ -501,7 +518,9 @@ export class Irqs implements Disposable {
     if (index >= this.#h.info().numIrqs) {
       throw usageError('ENOTSUP', `the device has no ${LABEL[kind]} interrupt index (it has ${this.#h.info().numIrqs})`, { device: this.#h.address });
     }
-    const buf = alloc(vfio_irq_info, { argsz: vfio_irq_info.size, index });
+    const buf = new Uint8Array(vfio_irq_info.size);
+    setField(INFO_ARGSZ, buf, vfio_irq_info.size);
+    setField(INFO_INDEX, buf, index);
     try {
       deviceIoctl(this.#h, 'VFIO_DEVICE_GET_IRQ_INFO', buf);
     } catch (err) {
@@ -511,16 +530,16 @@ export class Irqs implements Disposable {
       }
       throw err;
     }
-    const r = read(vfio_irq_info, buf);
+    const flags = getField(INFO_FLAGS, buf);
     const info: IrqInfo = {
       kind,
       index,
-      count: r.count,
-      flags: r.flags,
-      eventfd: (r.flags & VFIO_IRQ_INFO_EVENTFD) !== 0,
-      maskable: (r.flags & VFIO_IRQ_INFO_MASKABLE) !== 0,
-      automasked: (r.flags & VFIO_IRQ_INFO_AUTOMASKED) !== 0,
-      noresize: (r.flags & VFIO_IRQ_INFO_NORESIZE) !== 0,
+      count: getField(INFO_COUNT, buf),
+      flags,
+      eventfd: (flags & VFIO_IRQ_INFO_EVENTFD) !== 0,
+      maskable: (flags & VFIO_IRQ_INFO_MASKABLE) !== 0,
+      automasked: (flags & VFIO_IRQ_INFO_AUTOMASKED) !== 0,
+      noresize: (flags & VFIO_IRQ_INFO_NORESIZE) !== 0,
     };
     this.#info.set(kind, info);
     return info;
