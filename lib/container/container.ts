@@ -94,7 +94,7 @@ export type ContainerKernelState =
   | {
       readonly mode: 'group' | 'noiommu';
       readonly containerFd: Fd;
-      /** VFIO_TYPE1v2_IOMMU, VFIO_TYPE1_IOMMU or VFIO_NOIOMMU_IOMMU. */
+      /** VFIO_TYPE1v2_IOMMU or VFIO_NOIOMMU_IOMMU. */
       readonly iommuType: number;
       /** Whether the IOMMU type is set (a group is attached). */
       readonly iommuSet: boolean;

@@ -1,5 +1,10 @@
 // The legacy VFIO container: /dev/vfio/vfio plus one /dev/vfio/<N> per IOMMU
-// group, with the Type1 IOMMU (or, for no-IOMMU groups, the no-IOMMU "type").
+// group, with the Type1v2 IOMMU (or, for no-IOMMU groups, the no-IOMMU
+// "type"). Plain Type1 (v1) is not used: every vfio_iommu_type1 since Linux
+// 3.15 offers v2 (and so does iommufd's /dev/vfio/vfio compatibility), long
+// before any kernel Node runs on; v1's unmap rules (a request may unmap more
+// or less than asked) and its GET_INFO without page sizes would need a
+// second code path that nothing could exercise.
 //
 // Kernel rules this follows (drivers/vfio/container.c, group.c):
 // - The API version must be VFIO_API_VERSION and the IOMMU type must be
@@ -43,7 +48,6 @@ import {
   VFIO_IOMMU_INFO_PGSIZES,
   VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
   VFIO_NOIOMMU_IOMMU,
-  VFIO_TYPE1_IOMMU,
   VFIO_TYPE1v2_IOMMU,
   vfio_group_status,
   vfio_iommu_type1_dma_map,
@@ -76,12 +80,6 @@ const UNMAP_SIZE = codec.fieldRef(vfio_iommu_type1_dma_unmap, 'size');
 // The fields of the group's status, read when a group joins.
 const STATUS_ARGSZ = codec.fieldRef(vfio_group_status, 'argsz');
 const STATUS_FLAGS = codec.fieldRef(vfio_group_status, 'flags');
-
-const TYPE_NAMES: Readonly<Record<number, string>> = {
-  [VFIO_TYPE1_IOMMU]: 'Type1',
-  [VFIO_TYPE1v2_IOMMU]: 'Type1v2',
-  [VFIO_NOIOMMU_IOMMU]: 'no-IOMMU',
-};
 
 export class GroupBackend implements ContainerBackend {
   readonly dmaMode: 'iommu' | 'identity';
@@ -177,19 +175,15 @@ export class GroupBackend implements ContainerBackend {
         }
         type = VFIO_NOIOMMU_IOMMU;
       } else if (has(VFIO_TYPE1v2_IOMMU)) type = VFIO_TYPE1v2_IOMMU;
-      else if (has(VFIO_TYPE1_IOMMU)) type = VFIO_TYPE1_IOMMU;
-      else throw usageError('ENXIO', 'the container offers no Type1 IOMMU (load vfio_iommu_type1)', { path: node });
+      else {
+        throw usageError('ENXIO', 'the container offers no Type1v2 IOMMU (load vfio_iommu_type1; plain Type1, from kernels before 3.15, is not supported)', { path: node });
+      }
       return new GroupBackend(sys, roots, mode, node, fd, type);
     });
   }
 
   get iommuLive(): boolean {
     return this.iommuSet;
-  }
-
-  /** Name of the IOMMU type (`Type1v2`), for messages. */
-  get iommuTypeName(): string {
-    return TYPE_NAMES[this.iommuType] ?? `type ${this.iommuType}`;
   }
 
   attach(desc: PciDeviceLocation): AttachedDevice {

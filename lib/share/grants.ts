@@ -11,7 +11,7 @@ import type { Container, LentDevice } from '../container/container.js';
 import { HUGE_PAGE_SIZE, type DmaBuffer } from '../dma.js';
 import { closedError, usageError } from '../libc/errors.js';
 import type { Fd } from '../libc/sys.js';
-import { VFIO_NOIOMMU_IOMMU, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU } from '../uapi/vfio.js';
+import { VFIO_NOIOMMU_IOMMU, VFIO_TYPE1v2_IOMMU } from '../uapi/vfio.js';
 import {
   arr,
   big,
@@ -118,7 +118,7 @@ export interface WindowGrant {
 }
 
 const IOMMU_TYPES: Readonly<Record<'group' | 'noiommu', readonly number[]>> = {
-  group: [VFIO_TYPE1v2_IOMMU, VFIO_TYPE1_IOMMU],
+  group: [VFIO_TYPE1v2_IOMMU],
   noiommu: [VFIO_NOIOMMU_IOMMU],
 };
 

@@ -44,7 +44,7 @@ export type WireContainer =
   | {
       readonly mode: 'group' | 'noiommu';
       readonly containerFd: number;
-      /** VFIO_TYPE1v2_IOMMU, VFIO_TYPE1_IOMMU or VFIO_NOIOMMU_IOMMU: already set by the primary. */
+      /** VFIO_TYPE1v2_IOMMU or VFIO_NOIOMMU_IOMMU: already set by the primary. */
       readonly iommuType: number;
       /** The groups in the container, each with its fd. */
       readonly groups: readonly { readonly group: number; readonly fd: number }[];
