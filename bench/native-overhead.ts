@@ -60,18 +60,20 @@ function emit(name: string, samples: number[]): void {
 // no capability chain.
 const REGION_ANSWER = codec.alloc(vfio_region_info, { argsz: vfio_region_info.size, flags: 7, index: 0, size: 4096n, offset: 0n, cap_offset: 0 });
 
-/** A Sys of the same shape as the real context's (lib/index.ts: a Proxy with the methods bound once). */
+/**
+ * A Sys of the same shape as the real context's (lib/index.ts `lazySys`, once
+ * loaded: a plain object of bound methods), with `ioctl` replaced.
+ */
 function proxied(target: Sys, ioctl: Sys['ioctl']): Sys {
-  const bound = new Map<PropertyKey, unknown>([['ioctl', ioctl]]);
-  return new Proxy(target, {
-    get(t, key) {
-      if (!bound.has(key)) {
-        const v: unknown = Reflect.get(t, key);
-        bound.set(key, typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v);
-      }
-      return bound.get(key);
-    },
-  }) as Sys;
+  const out: Record<string, unknown> = {};
+  for (let o: object | null = target; o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o) as object | null) {
+    for (const key of Object.getOwnPropertyNames(o)) {
+      const v: unknown = Reflect.get(target, key);
+      if (key !== 'constructor' && typeof v === 'function' && !(key in out)) out[key] = (v as (...a: unknown[]) => unknown).bind(target);
+    }
+  }
+  out['ioctl'] = ioctl;
+  return out as unknown as Sys;
 }
 
 /** A Sys that adds the time spent in each call to `clock.inKernel`. */
@@ -110,7 +112,7 @@ function bringUp(vfio: Vfio, mode: 'group' | 'cdev'): () => void {
 }
 
 for (const mode of ['group', 'cdev'] as const) {
-  const kernel = new FakeKernel({ mode, devices: [edu()] });
+  const kernel = new FakeKernel({ mode, devices: [edu()], hugepages: 2 });
   try {
     let stub = false;
     const stubIoctl = (fd: number, req: number, arg: Uint8Array): number => {
@@ -148,11 +150,21 @@ for (const mode of ['group', 'cdev'] as const) {
     const dev = vfio.openDevice(EDU);
     const buf = dev.container.allocDma(4096);
     buf.unmap();
+    // dma-2m's buffer: one 2 MiB huge page, at a 2 MiB-aligned IOVA.
+    const huge = dev.container.allocDma(2 << 20, { hugepages: true });
+    if (!huge.hugepages) throw new Error('the fake kernel gave no huge page');
+    huge.unmap();
     stub = true;
     emit(`lib-dma-4k-${mode}`, timeBatches(iters, () => {
       for (let i = 0; i < iters; i++) {
         buf.map();
         buf.unmap();
+      }
+    }));
+    emit(`lib-dma-2m-${mode}`, timeBatches(iters, () => {
+      for (let i = 0; i < iters; i++) {
+        huge.map();
+        huge.unmap();
       }
     }));
     if (mode === 'group') {

@@ -87,6 +87,8 @@ export const CASES: readonly CaseSpec[] = [
   },
   { name: 'lib-dma-4k-group', what: "info, host only: the library's own cost of a map + unmap, group backend (ioctls stubbed)", target: null, tsOnly: true },
   { name: 'lib-dma-4k-cdev', what: "info, host only: the library's own cost of a map + unmap, cdev backend (ioctls stubbed)", target: null, tsOnly: true },
+  { name: 'lib-dma-2m-group', what: "info, host only: the library's own cost of a map + unmap of a 2 MiB huge-page buffer, group backend (ioctls stubbed)", target: null, tsOnly: true },
+  { name: 'lib-dma-2m-cdev', what: "info, host only: the library's own cost of a map + unmap of a 2 MiB huge-page buffer, cdev backend (ioctls stubbed)", target: null, tsOnly: true },
   { name: 'lib-bring-up-group', what: "info, host only: the library's own cost of a bring-up, group mode (fake kernel; time inside its system calls subtracted)", target: null, tsOnly: true },
   { name: 'lib-bring-up-cdev', what: "info, host only: the library's own cost of a bring-up, cdev mode (fake kernel; time inside its system calls subtracted)", target: null, tsOnly: true },
   { name: 'scale-1k', what: 'one map + unmap with 1,000 buffers mapped at once', target: null },

@@ -332,15 +332,19 @@ static void case_region_info(struct device *d, const char *name, int iters, int 
   emit(name, "op", out);
 }
 
-static void case_dma(struct device *d, const char *name, size_t size, int iters, int batches) {
-  void *buf = alloc_locked(size);
+/** map + unmap of `buf` at `iova`, timed; then frees the buffer. */
+static void time_map_unmap(struct device *d, const char *name, void *buf, uint64_t iova, size_t size, int iters, int batches) {
   struct samples out = new_samples(batches);
   BATCHES(batches, for (int i = 0; i < iters; i++) {
-    dma_map(d, buf, IOVA_FIRST, size);
-    dma_unmap(d, IOVA_FIRST, size);
+    dma_map(d, buf, iova, size);
+    dma_unmap(d, iova, size);
   });
   munmap(buf, size);
   emit(name, "op", out);
+}
+
+static void case_dma(struct device *d, const char *name, size_t size, int iters, int batches) {
+  time_map_unmap(d, name, alloc_locked(size), IOVA_FIRST, size, iters, batches);
 }
 
 // dma-2m: a 2 MiB buffer on one 2 MiB huge page (the guest's init reserves
@@ -361,14 +365,7 @@ static void case_dma_huge(struct device *d, const char *name, int iters, int bat
     if (buf == MAP_FAILED) die("mmap %zu", size);
   }
   if (mlock(buf, size) < 0) die("mlock");
-  uint64_t iova = huge ? IOVA_HUGE : IOVA_FIRST;
-  struct samples out = new_samples(batches);
-  BATCHES(batches, for (int i = 0; i < iters; i++) {
-    dma_map(d, buf, iova, size);
-    dma_unmap(d, iova, size);
-  });
-  munmap(buf, size);
-  emit(name, "op", out);
+  time_map_unmap(d, name, buf, huge ? IOVA_HUGE : IOVA_FIRST, size, iters, batches);
 }
 
 static void case_mmio(const char *name, volatile uint32_t *p, int write, int iters, int batches) {

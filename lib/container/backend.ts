@@ -8,6 +8,7 @@
 // backend: container fd, IOMMU type, group memberships; the cdev backend:
 // iommufd and IOAS id). Nothing is shared or reinterpreted between them.
 import type { Unwind } from '../cleanup.js';
+import { VfioError } from '../libc/errors.js';
 import type { Fd } from '../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
 import type { VfioMode } from '../mode.js';
@@ -72,4 +73,20 @@ export interface ContainerBackend {
   unmap(iova: bigint, size: bigint): void;
   /** Closes the backend's own fds. Devices are detached and groups pruned first. */
   close(): void;
+}
+
+/**
+ * The error for an unmap whose reported size is not the size asked: a mapping
+ * the library's books and the kernel disagree on. Never passed over silently
+ * (SPDK once corrupted I/O by ignoring a 0-byte unmap).
+ */
+export function unmapMismatch(request: string, node: string, iova: bigint, size: bigint, unmapped: bigint, cause?: unknown): VfioError {
+  return new VfioError({
+    code: 'EIO',
+    syscall: 'ioctl',
+    request,
+    path: node,
+    detail: `asked to unmap ${size} bytes at IOVA 0x${iova.toString(16)}, the kernel unmapped ${unmapped}`,
+    cause,
+  });
 }

@@ -43,7 +43,7 @@ import {
   iommu_iova_range,
 } from '../uapi/iommufd.js';
 import { vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../uapi/vfio.js';
-import type { AttachedDevice, ContainerBackend, IommuInfo } from './backend.js';
+import { unmapMismatch, type AttachedDevice, type ContainerBackend, type IommuInfo } from './backend.js';
 
 // The fields map and unmap write on every call, looked up once.
 const MAP_SIZE = codec.fieldRef(iommu_ioas_map, 'size');
@@ -322,10 +322,10 @@ export class CdevBackend implements ContainerBackend {
     } catch (err) {
       // ENOENT: nothing mapped there. Reported as EIO, like Type1's
       // short unmap, so that callers see one answer in both modes.
-      if (err instanceof VfioError && err.code === 'ENOENT') throw this.unmapMismatch(iova, size, 0n, err);
+      if (err instanceof VfioError && err.code === 'ENOENT') throw unmapMismatch('IOMMU_IOAS_UNMAP', this.node, iova, size, 0n, err);
       throw err;
     }
-    if (unmapped !== size) throw this.unmapMismatch(iova, size, unmapped);
+    if (unmapped !== size) throw unmapMismatch('IOMMU_IOAS_UNMAP', this.node, iova, size, unmapped);
   }
 
   /**
@@ -355,16 +355,6 @@ export class CdevBackend implements ContainerBackend {
     return codec.getField(UNMAP_LENGTH, arg);
   }
 
-  private unmapMismatch(iova: bigint, size: bigint, unmapped: bigint, cause?: unknown): VfioError {
-    return new VfioError({
-      code: 'EIO',
-      syscall: 'ioctl',
-      request: 'IOMMU_IOAS_UNMAP',
-      path: this.node,
-      detail: `asked to unmap ${size} bytes at IOVA 0x${iova.toString(16)}, the kernel unmapped ${unmapped}`,
-      cause,
-    });
-  }
 
   close(): void {
     const fd = this.iommufd;

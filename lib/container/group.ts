@@ -56,7 +56,7 @@ import {
   vfio_iommu_type1_info_cap_iova_range,
   vfio_iova_range,
 } from '../uapi/vfio.js';
-import type { AttachedDevice, ContainerBackend, IommuInfo } from './backend.js';
+import { unmapMismatch, type AttachedDevice, type ContainerBackend, type IommuInfo } from './backend.js';
 
 /** One IOMMU group attached to the container. */
 export interface GroupMembership {
@@ -336,15 +336,7 @@ export class GroupBackend implements ContainerBackend {
     // Type1 answers an unmap of nothing with success and size 0: a mapping
     // the library believes in but the kernel does not have. Never let that
     // pass silently (SPDK once corrupted I/O that way).
-    if (unmapped !== size) {
-      throw new VfioError({
-        code: 'EIO',
-        syscall: 'ioctl',
-        request: 'VFIO_IOMMU_UNMAP_DMA',
-        path: this.node,
-        detail: `asked to unmap ${size} bytes at IOVA 0x${iova.toString(16)}, the kernel unmapped ${unmapped}`,
-      });
-    }
+    if (unmapped !== size) throw unmapMismatch('VFIO_IOMMU_UNMAP_DMA', this.node, iova, size, unmapped);
   }
 
   /**
