@@ -399,6 +399,18 @@ export class FakePciDevice implements DeviceContext {
     return buf.byteLength;
   }
 
+  /**
+   * What vfio_pci_bar_rw() checks before any access: the offset inside the
+   * region (EINVAL), memory decoding on for a memory BAR (EIO); the access is
+   * truncated at the region's end.
+   */
+  private rwSpan(end: number, pos: bigint, buf: Uint8Array, testMem: boolean): { start: number; count: number } {
+    if (pos >= BigInt(end)) fail('EINVAL', `offset ${pos} is past the region's ${end} bytes`);
+    if (testMem && !this.config.memoryEnabled) fail('EIO', 'memory decoding is disabled in the command register');
+    const start = Number(pos);
+    return { start, count: Math.min(buf.byteLength, end - start) };
+  }
+
   /** vfio_pci_bar_rw() + do_io_rw(): truncated at the end; the MSI-X table reads as ~0 and drops writes. */
   private memRw(
     backing: Backing,
@@ -409,10 +421,7 @@ export class FakePciDevice implements DeviceContext {
     testMem: boolean,
     excl: { offset: number; size: number } | null,
   ): number {
-    if (pos >= BigInt(end)) fail('EINVAL', `offset ${pos} is past the region's ${end} bytes`);
-    if (testMem && !this.config.memoryEnabled) fail('EIO', 'memory decoding is disabled in the command register');
-    const p = Number(pos);
-    const count = Math.min(buf.byteLength, end - p);
+    const { start: p, count } = this.rwSpan(end, pos, buf, testMem);
     const mem = new Uint8Array(backing.buffer, p, count);
     for (let i = 0; i < count; i++) {
       const inTable = excl !== null && p + i >= excl.offset && p + i < excl.offset + excl.size;
@@ -439,10 +448,7 @@ export class FakePciDevice implements DeviceContext {
     testMem: boolean,
     excl: { offset: number; size: number } | null,
   ): number {
-    if (pos >= BigInt(end)) fail('EINVAL', `offset ${pos} is past the region's ${end} bytes`);
-    if (testMem && !this.config.memoryEnabled) fail('EIO', 'memory decoding is disabled in the command register');
-    const start = Number(pos);
-    const count = Math.min(buf.byteLength, end - start);
+    const { start, count } = this.rwSpan(end, pos, buf, testMem);
     const dv = new DataView(buf.buffer, buf.byteOffset, count);
     let done = 0;
     while (done < count) {
