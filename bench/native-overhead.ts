@@ -64,7 +64,7 @@ const REGION_ANSWER = codec.alloc(vfio_region_info, { argsz: vfio_region_info.si
  * A Sys of the same shape as the real context's (lib/index.ts `lazySys`, once
  * loaded: a plain object of bound methods), with `ioctl` replaced.
  */
-function proxied(target: Sys, ioctl: Sys['ioctl']): Sys {
+function likeLazySys(target: Sys, ioctl: Sys['ioctl']): Sys {
   const out: Record<string, unknown> = {};
   for (let o: object | null = target; o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o) as object | null) {
     for (const key of Object.getOwnPropertyNames(o)) {
@@ -145,7 +145,7 @@ for (const mode of ['group', 'cdev'] as const) {
     }));
     setup.close();
 
-    const vfio = createVfio({ sys: proxied(kernel.sys, stubIoctl), ...where });
+    const vfio = createVfio({ sys: likeLazySys(kernel.sys, stubIoctl), ...where });
 
     const dev = vfio.openDevice(EDU);
     const buf = dev.container.allocDma(4096);

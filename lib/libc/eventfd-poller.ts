@@ -160,7 +160,7 @@ export class EventfdPoller {
           continue;
         }
         this.#inPoll = false;
-        if ((revents[0] ?? 0) !== 0) this.#readCount(this.#stopFd);
+        if ((revents[0] ?? 0) !== 0) readEventfdCount(this.#sys, this.#stopFd, this.#counter);
         snapshot.forEach(([fd, w], i) => {
           const r = revents[i + 1] ?? 0;
           if (r === 0 || this.#watches.get(fd) !== w) return;
@@ -168,7 +168,7 @@ export class EventfdPoller {
           try {
             if ((r & POLLNVAL) !== 0) throw new VfioError({ code: 'EBADF', syscall: 'poll', detail: `eventfd ${fd} was closed while watched` });
             if ((r & (POLLIN | POLLERR | POLLHUP)) === 0) return;
-            count = this.#readCount(fd);
+            count = readEventfdCount(this.#sys, fd, this.#counter);
           } catch (err) {
             this.#watches.delete(fd);
             deliver(() => w.onError(err));
@@ -190,10 +190,6 @@ export class EventfdPoller {
         }
       }
     }
-  }
-
-  #readCount(fd: Fd): number {
-    return readEventfdCount(this.#sys, fd, this.#counter);
   }
 }
 
