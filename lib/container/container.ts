@@ -135,6 +135,12 @@ export interface LentDevice {
 
 let nextContainerId = 1;
 
+/** The mapping recorded on one of this module's containers' buffers, or null. */
+function mappingOf(buf: DmaBuffer): Mapping | null {
+  // The cast holds: only Container.mapWith records on a buffer, and it records a Mapping.
+  return buf.mappingRecord as Mapping | null;
+}
+
 /** A DMA option that must be a non-negative bigint when given. */
 function checkBigOption(name: string, v: unknown): void {
   if (v !== undefined && (typeof v !== 'bigint' || v < 0n)) throw usageError('EINVAL', `${name} must be a non-negative bigint`);
@@ -498,8 +504,7 @@ export class Container implements Disposable, DmaOwner {
 
   /** @internal */
   unmapBuffer(buf: DmaBuffer): void {
-    // SAFETY of the cast: only mapWith records on this container's buffers, and it records a Mapping.
-    const m = buf.mappingRecord as Mapping | null;
+    const m = mappingOf(buf);
     if (m === null) {
       buf.setIova(null);
       return;
@@ -554,8 +559,7 @@ export class Container implements Disposable, DmaOwner {
   private allMappings(): Mapping[] {
     const out: Mapping[] = [];
     for (const buf of this.buffers) {
-      // SAFETY of the cast: only mapWith records on this container's buffers, and it records a Mapping.
-      const m = buf.mappingRecord as Mapping | null;
+      const m = mappingOf(buf);
       if (m !== null) out.push(m);
     }
     for (const m of this.orphans) out.push(m);
