@@ -1,7 +1,7 @@
 // The library's own cost per operation, natively on the host: what it adds
 // around the kernel's work, without TCG and without the kernel.
 //
-// The fake kernel (test/fake) sets the device up; then the hot ioctls of the
+// The fake kernel (lib/testing) sets the device up; then the hot ioctls of the
 // `lib-*` cases are answered by a stub that does nothing (DMA map/unmap: the
 // unmap's size field, left as asked, says all of it was unmapped) or copies
 // BAR0's prepared answer into the argument (region info: the kernel's
@@ -17,12 +17,12 @@
 // cost (two clock reads per Sys call, ~50 calls). Teardown is not timed.
 //
 // Usage: node native-overhead.js ITERS BATCHES   Prints `BENCH {json}` lines (mode `host`).
-import { createVfio, type Vfio } from '../lib/context.js';
+import { createVfio, type Vfio } from '../lib/core/context.js';
 import type { Sys } from '../lib/libc/sys.js';
 import * as codec from '../lib/uapi/codec.js';
 import { IOMMU_IOAS_MAP, IOMMU_IOAS_UNMAP } from '../lib/uapi/iommufd.js';
 import { VFIO_DEVICE_GET_REGION_INFO, VFIO_IOMMU_MAP_DMA, VFIO_IOMMU_UNMAP_DMA, vfio_region_info } from '../lib/uapi/vfio.js';
-import { edu, FakeKernel } from '../test/fake/index.js';
+import { edu, FakeKernel } from '../lib/testing/index.js';
 
 const EDU = '0000:00:03.0';
 /** Bring-ups per batch: ITERS / this (one costs ~1000 region-info calls). */

@@ -5,15 +5,15 @@
 // context on a fake kernel with createVfio) never loads native code, and the
 // package stays require()-able (no top-level await).
 import { createRequire } from 'node:module';
-import { createVfio, type Vfio } from './context.js';
+import { createVfio, type Vfio } from './core/context.js';
 import type { Sys } from './libc/sys.js';
 
-export { createVfio, Vfio, type VfioOptions, type ContainerOptions } from './context.js';
-export { Container, type ContainerKernelState } from './container/container.js';
-export type { IommuInfo } from './container/backend.js';
-export { Device, type DeviceInfo, type DeviceResource } from './device.js';
-export { DmaBuffer, type DmaMapOptions, type DmaAllocOptions } from './dma.js';
-export { ConfigSpace, Irqs, IrqSet, IrqVector, Region, IRQ_INDEX, CAP_ID, EXT_CAP_ID } from './device-io/index.js';
+export { createVfio, Vfio, type VfioOptions, type ContainerOptions } from './core/context.js';
+export { Container, type ContainerKernelState } from './core/container/container.js';
+export type { IommuInfo } from './core/container/backend.js';
+export { Device, type DeviceInfo, type DeviceResource } from './core/device.js';
+export { DmaBuffer, type DmaMapOptions, type DmaAllocOptions } from './core/dma.js';
+export { ConfigSpace, Irqs, IrqSet, IrqVector, Region, IRQ_INDEX, CAP_ID, EXT_CAP_ID } from './device/index.js';
 export type {
   EnableOptions,
   HotResetInfo,
@@ -25,28 +25,12 @@ export type {
   RegionArea,
   RegionType,
   WaitOptions,
-} from './device-io/index.js';
-export type { IovaRange } from './iova-allocator.js';
-export type { VfioMode } from './mode.js';
-export { parsePciAddress, canonicalPciAddress, type PciAddress } from './pci-address.js';
-export type { PciDeviceDescription } from './sysfs.js';
-export { VfioError, type VfioErrorInit } from './libc/errors.js';
-export {
-  ShareServer,
-  connectPrimary,
-  Secondary,
-  lendToThread,
-  adoptFromThread,
-  ThreadLease,
-  ThreadBorrow,
-  PROTOCOL_VERSION as SHARE_PROTOCOL_VERSION,
-  type ShareServerOptions,
-  type ConnectOptions,
-  type ServedContainer,
-  type ServedBuffer,
-  type ThreadLeaseOptions,
-  type ThreadTicket,
-} from './share/index.js';
+} from './device/index.js';
+export type { IovaRange } from './core/iova-allocator.js';
+export type { VfioMode } from './host/mode.js';
+export { parsePciAddress, canonicalPciAddress, type PciAddress } from './host/pci-address.js';
+export type { PciDeviceDescription } from './host/sysfs.js';
+export { VfioError, type VfioErrorInit } from './base/errors.js';
 export type { Sys, Fd } from './libc/sys.js';
 
 /** Every Sys method, for lazySys (the check below fails to compile when one is missing). */

@@ -3,15 +3,15 @@
 //
 // The VM's edu has no RAM-backed BAR, so a memfd stands in for the device fd:
 // openRegion maps it exactly as it maps a BAR from a device fd (same Region
-// class, same accessors and checks; test/device-io-region-memfd.test.ts does
+// class, same accessors and checks; test/device/region-memfd.test.ts does
 // the same). This is the one place the benchmarks reach past lib/index.ts,
 // because the public API only builds Regions on devices. The C side maps a
 // memfd the same way (bench/c/bench.c, map_ram).
-import { VfioError } from '../../lib/libc/errors.js';
+import { VfioError } from '../../lib/base/errors.js';
 import { koffiSys as sys } from '../../lib/libc/koffi-sys.js';
 import { MFD_CLOEXEC } from '../../lib/libc/sys.js';
-import type { DeviceHandle } from '../../lib/device-io/handle.js';
-import { openRegion } from '../../lib/device-io/region.js';
+import type { DeviceHandle } from '../../lib/device/handle.js';
+import { openRegion } from '../../lib/device/region.js';
 import type { Region } from '../../lib/index.js';
 import { VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE } from '../../lib/uapi/vfio.js';
 

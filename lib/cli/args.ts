@@ -3,8 +3,8 @@
 // offsets, register widths, values). Every bad argument becomes a UsageError,
 // which the dispatcher (./main.ts) prints as one line and exits with 2.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { canonicalPciAddress } from '../pci-address.js';
-import { VfioError } from '../libc/errors.js';
+import { canonicalPciAddress } from '../host/pci-address.js';
+import { VfioError } from '../base/errors.js';
 
 /** A mistake in how the command was called: exit code 2. */
 export class UsageError extends Error {

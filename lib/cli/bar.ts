@@ -6,7 +6,7 @@ import type { Command } from './command.js';
 import { EXIT } from './command.js';
 import { hex, json } from './format.js';
 import { hexdump } from './hexdump.js';
-import type { Region } from '../device-io/region.js';
+import type { Region } from '../device/region.js';
 
 interface Access {
   readonly op: 'read' | 'write';

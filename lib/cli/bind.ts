@@ -21,8 +21,8 @@ import type { Command } from './command.js';
 import { EXIT } from './command.js';
 import { groupMembers, isVfioDriver } from './devices.js';
 import type { CliEnv } from './env.js';
-import { pciDeviceDir } from '../paths.js';
-import { describePciDevice, groupBlockers } from '../sysfs.js';
+import { pciDeviceDir } from '../host/paths.js';
+import { describePciDevice, groupBlockers } from '../host/sysfs.js';
 
 const VFIO_PCI = 'vfio-pci';
 

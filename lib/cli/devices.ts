@@ -5,12 +5,12 @@
 // user and disturbs no device.
 import { readdirSync, readlinkSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import type { Vfio } from '../context.js';
-import { VfioError } from '../libc/errors.js';
-import type { VfioMode } from '../mode.js';
-import { parsePciAddress } from '../pci-address.js';
-import { pciDeviceDir, type Roots } from '../paths.js';
-import { describePciDevice, groupBlockers, type PciDeviceDescription } from '../sysfs.js';
+import type { Vfio } from '../core/context.js';
+import { VfioError } from '../base/errors.js';
+import type { VfioMode } from '../host/mode.js';
+import { parsePciAddress } from '../host/pci-address.js';
+import { pciDeviceDir, type Roots } from '../host/paths.js';
+import { describePciDevice, groupBlockers, type PciDeviceDescription } from '../host/sysfs.js';
 
 export interface GroupMember {
   readonly address: string;
@@ -47,7 +47,7 @@ export interface DeviceReport {
 /**
  * Drivers that leave a group viable: VFIO's own (vfio-pci and its variants)
  * and those that never do DMA for the kernel (pci-stub, and pcieport on
- * bridges). The same rule as lib/sysfs.ts's groupBlockers.
+ * bridges). The same rule as lib/host/sysfs.ts's groupBlockers.
  */
 export function isVfioDriver(driver: string | null): boolean {
   return driver !== null && /vfio/.test(driver);

@@ -10,8 +10,8 @@ import { EXIT } from './command.js';
 import { inspectDevice, pciAddresses } from './devices.js';
 import type { CliEnv } from './env.js';
 import { bytes, json } from './format.js';
-import { machineAvailability, VFIO_MODES } from '../mode.js';
-import { iommufdNode, noiommuParameter, type1ModuleDir, vfioCdevDir, vfioContainerNode } from '../paths.js';
+import { machineAvailability, VFIO_MODES } from '../host/mode.js';
+import { iommufdNode, noiommuParameter, type1ModuleDir, vfioCdevDir, vfioContainerNode } from '../host/paths.js';
 
 type Status = 'ok' | 'warn' | 'fail' | 'info';
 

@@ -4,8 +4,8 @@
 // The real command uses realEnv(); the tests build one on the fake kernel
 // (its sysfs/dev/proc roots and Sys) and capture the output.
 import { writeFileSync } from 'node:fs';
-import type { Vfio } from '../context.js';
-import { DEFAULT_ROOTS, type Roots } from '../paths.js';
+import type { Vfio } from '../core/context.js';
+import { DEFAULT_ROOTS, type Roots } from '../host/paths.js';
 
 export interface CliEnv {
   /** Where /sys, /dev and /proc are. */

@@ -9,13 +9,13 @@ import { EXIT } from './command.js';
 import { inspectDevice } from './devices.js';
 import { bytes, className, flagNames, hex, json, table } from './format.js';
 import { deviceJson } from './ls.js';
-import type { IrqInfo, IrqKind } from '../device-io/irqs.js';
-import type { RegionInfo } from '../device-io/region-info.js';
-import type { DeviceInfo } from '../device.js';
-import type { IommuInfo } from '../container/backend.js';
-import type { Vfio } from '../context.js';
-import { VfioError } from '../libc/errors.js';
-import { iommufdNode } from '../paths.js';
+import type { IrqInfo, IrqKind } from '../device/irqs.js';
+import type { RegionInfo } from '../device/region-info.js';
+import type { DeviceInfo } from '../core/device.js';
+import type { IommuInfo } from '../core/container/backend.js';
+import type { Vfio } from '../core/context.js';
+import { VfioError } from '../base/errors.js';
+import { iommufdNode } from '../host/paths.js';
 import {
   VFIO_DEVICE_FLAGS_AMBA, VFIO_DEVICE_FLAGS_AP, VFIO_DEVICE_FLAGS_CAPS, VFIO_DEVICE_FLAGS_CCW, VFIO_DEVICE_FLAGS_CDX,
   VFIO_DEVICE_FLAGS_FSL_MC, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_PLATFORM, VFIO_DEVICE_FLAGS_RESET,

@@ -17,8 +17,8 @@ import type { CliEnv } from './env.js';
 import { oneLine } from './format.js';
 import { info } from './info.js';
 import { ls } from './ls.js';
-import type { Vfio } from '../context.js';
-import { VfioError } from '../libc/errors.js';
+import type { Vfio } from '../core/context.js';
+import { VfioError } from '../base/errors.js';
 
 export const COMMANDS: readonly Command[] = [ls, info, bind, unbind, bar, doctor];
 

@@ -3,7 +3,7 @@
 // pool thread (`sys.pollAsync`), re-armed after each wake. The portable way
 // to implement `Sys.watchEventfd`, built on the rest of `Sys` only: the real
 // kernel's Sys prefers the event loop's own epoll (./eventfd-stream.ts) and
-// falls back to this; the fake kernel (test/fake) uses this.
+// falls back to this; the fake kernel (lib/testing) uses this.
 //
 // Guarantees:
 // - One in-flight poll per Sys, whatever the number of vectors and devices:
@@ -18,7 +18,7 @@
 //   that was unwatched (and maybe closed and its number reused) while the
 //   poll was in flight are dropped, because watches are matched by identity,
 //   not by fd number.
-import { VfioError } from './errors.js';
+import { VfioError } from '../base/errors.js';
 import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLNVAL, type EventfdWatch, type EventfdWatcher, type Fd, type Sys } from './sys.js';
 
 const pollers = new WeakMap<Sys, EventfdPoller>();

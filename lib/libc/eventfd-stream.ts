@@ -31,7 +31,7 @@
 //   stopped handle does not read (see onread).
 // - A listener that throws surfaces as an uncaught exception, as from an
 //   EventEmitter, and the watch goes on (`deliver`).
-import { VfioError } from './errors.js';
+import { VfioError } from '../base/errors.js';
 import { deliver } from './eventfd-poller.js';
 import type { EventfdWatch, EventfdWatcher, Fd, Sys } from './sys.js';
 

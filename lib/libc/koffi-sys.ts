@@ -1,6 +1,6 @@
 // The real kernel: libc reached through koffi. This is the only module in the
 // library that imports koffi; everything else calls the `Sys` interface, so a
-// test can swap in the fake kernel (test/fake).
+// test can swap in the fake kernel (lib/testing).
 //
 // Guarantees:
 // - Each binding has a fixed prototype (no variadics): a fixed `void *` ioctl
@@ -10,7 +10,7 @@
 // - EINTR is retried for calls that had no effect when interrupted (open,
 //   read/write family, ioctl, poll with the remaining timeout); never for close.
 import koffi from 'koffi';
-import { sysError } from './errors.js';
+import { sysError } from '../base/errors.js';
 import { EventfdPoller } from './eventfd-poller.js';
 import { watchOnEventLoop } from './eventfd-stream.js';
 import { AF_UNIX, SCM_MAX_FD, UNIX_PATH_MAX, type Fd, type PollFd, type RecvResult, type Sys } from './sys.js';

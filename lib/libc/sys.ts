@@ -1,6 +1,6 @@
 // The system-call surface the whole library stands on. Everything that talks
 // to the kernel goes through one `Sys` object, so that tests can hand the
-// library a fake kernel (test/fake) and the real one (./koffi-sys.ts) stays the
+// library a fake kernel (lib/testing) and the real one (./koffi-sys.ts) stays the
 // only module that imports koffi.
 //
 // Guarantees (every implementation, real or fake):
@@ -11,7 +11,7 @@
 //   A view is valid until the mapping under it is unmapped; the library must
 //   never touch a view after `munmap` (the real kernel answers with SIGSEGV,
 //   which no try/catch can catch), so every view is wrapped in a guard
-//   (see lib/region.ts / lib/dma.ts) that checks liveness first.
+//   (see lib/device/region.ts / lib/core/dma.ts) that checks liveness first.
 
 /** open(2) flags used by the library (Linux x86-64/arm64 values). */
 export const O_RDONLY = 0o0;

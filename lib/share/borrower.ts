@@ -8,18 +8,18 @@
 //   object that closes it holds it, so a failure half-way leaks nothing:
 //   the caller closes the rest with FdSlots.closeRest().
 // - A borrowed Container never changes the lender's setup (see
-//   lib/container/container.ts); its DMA allocations come only from the IOVA
+//   lib/core/container/container.ts); its DMA allocations come only from the IOVA
 //   windows the lender reserved for it.
 // - An imported buffer is a separate mapping of the lender's memfd (same
 //   pages), mapped here and unmapped by free(); its IOVA is the lender's
 //   mapping, which the borrower cannot change (map/unmap: ENOTSUP). The
 //   lender must keep that mapping while borrowers use it.
-import { teardown, withUnwind } from '../cleanup.js';
-import type { Container } from '../container/container.js';
-import type { Vfio } from '../context.js';
-import type { Device } from '../device.js';
-import { DmaBuffer, type DmaOwner } from '../dma.js';
-import { closedError, usageError } from '../libc/errors.js';
+import { teardown, withUnwind } from '../base/cleanup.js';
+import type { Container } from '../core/container/container.js';
+import type { Vfio } from '../core/context.js';
+import type { Device } from '../core/device.js';
+import { DmaBuffer, type DmaOwner } from '../core/dma.js';
+import { closedError, usageError } from '../base/errors.js';
 import { MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../libc/sys.js';
 import type { BufferGrant, ContainerGrant, DeviceGrant, WindowGrant } from './grants.js';
 import { protocolError, type FdSlots } from './protocol.js';

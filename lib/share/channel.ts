@@ -11,7 +11,7 @@
 // - sendmsg uses MSG_NOSIGNAL: a peer that went away is an EPIPE error,
 //   never a SIGPIPE that kills the process.
 // - Every received fd is close-on-exec (MSG_CMSG_CLOEXEC).
-import { VfioError, usageError } from '../libc/errors.js';
+import { VfioError, usageError } from '../base/errors.js';
 import {
   MSG_CMSG_CLOEXEC,
   MSG_CTRUNC,

@@ -7,9 +7,9 @@
 // Mode-specific state is explicit per mode: cdev grants carry the iommufd
 // and the IOAS id; group and no-IOMMU grants the container fd, the IOMMU
 // type the lender set, and the groups with their fds.
-import type { Container, LentDevice } from '../container/container.js';
-import { HUGE_PAGE_SIZE, type DmaBuffer } from '../dma.js';
-import { closedError, usageError } from '../libc/errors.js';
+import type { Container, LentDevice } from '../core/container/container.js';
+import { HUGE_PAGE_SIZE, type DmaBuffer } from '../core/dma.js';
+import { closedError, usageError } from '../base/errors.js';
 import type { Fd } from '../libc/sys.js';
 import { VFIO_NOIOMMU_IOMMU, VFIO_TYPE1v2_IOMMU } from '../uapi/vfio.js';
 import {

@@ -19,10 +19,10 @@
 //
 // Guarantees: end() gives back every device and block even when a step
 // fails, and throws the first error; it is idempotent.
-import { teardown } from '../cleanup.js';
-import type { Container, LentDevice } from '../container/container.js';
-import { ioctl } from '../ioctl.js';
-import { VfioError } from '../libc/errors.js';
+import { teardown } from '../base/cleanup.js';
+import type { Container, LentDevice } from '../core/container/container.js';
+import { ioctl } from '../uapi/ioctl.js';
+import { VfioError } from '../base/errors.js';
 import type { Sys } from '../libc/sys.js';
 import * as codec from '../uapi/codec.js';
 import {

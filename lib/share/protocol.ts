@@ -27,7 +27,7 @@
 // (in its own version) and hangs up; a secondary that gets a reply of another
 // version fails with EPROTONOSUPPORT too. A new version may change anything
 // after `hello`.
-import { usageError, VfioError } from '../libc/errors.js';
+import { usageError, VfioError } from '../base/errors.js';
 import type { Fd } from '../libc/sys.js';
 
 export const PROTOCOL = 'vfio-share';

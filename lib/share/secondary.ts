@@ -15,15 +15,15 @@
 //   answer: EPROTO. Both end the connection.
 // - Every fd received is either owned by an object handed out here or
 //   closed, whatever fails.
-import type { Container } from '../container/container.js';
-import type { Vfio } from '../context.js';
-import type { Device } from '../device.js';
-import type { DmaBuffer } from '../dma.js';
-import type { IovaRange } from '../iova-allocator.js';
-import { usageError, VfioError } from '../libc/errors.js';
+import type { Container } from '../core/container/container.js';
+import type { Vfio } from '../core/context.js';
+import type { Device } from '../core/device.js';
+import type { DmaBuffer } from '../core/dma.js';
+import type { IovaRange } from '../core/iova-allocator.js';
+import { usageError, VfioError } from '../base/errors.js';
 import { AF_UNIX, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_SEQPACKET, type Sys } from '../libc/sys.js';
-import type { VfioMode } from '../mode.js';
-import { canonicalPciAddress } from '../pci-address.js';
+import type { VfioMode } from '../host/mode.js';
+import { canonicalPciAddress } from '../host/pci-address.js';
 import { Borrower } from './borrower.js';
 import { Channel, type Incoming } from './channel.js';
 import { decodeBuffer, decodeContainer, decodeDevice, decodeWindow } from './grants.js';

@@ -17,10 +17,10 @@
 //   every lease, closes every socket and removes the socket node.
 import { chmodSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { teardown, withUnwind } from '../cleanup.js';
-import type { Container } from '../container/container.js';
-import type { DmaBuffer } from '../dma.js';
-import { usageError, VfioError } from '../libc/errors.js';
+import { teardown, withUnwind } from '../base/cleanup.js';
+import type { Container } from '../core/container/container.js';
+import type { DmaBuffer } from '../core/dma.js';
+import { usageError, VfioError } from '../base/errors.js';
 import {
   AF_UNIX,
   EFD_CLOEXEC,
@@ -32,7 +32,7 @@ import {
   type Fd,
   type Sys,
 } from '../libc/sys.js';
-import { canonicalPciAddress } from '../pci-address.js';
+import { canonicalPciAddress } from '../host/pci-address.js';
 import { Channel, type Incoming } from './channel.js';
 import { encodeBuffer, encodeContainer, encodeDevice, encodeWindow } from './grants.js';
 import { Lease } from './lease.js';

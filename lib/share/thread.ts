@@ -25,14 +25,14 @@
 // come back with their interrupts off and its window is cleared. A worker
 // that exits without closing leaves its fds open in the process (no thread
 // owns them any more), as any native resource a thread forgets.
-import { withUnwind } from '../cleanup.js';
-import type { Container } from '../container/container.js';
-import type { Vfio } from '../context.js';
-import type { Device } from '../device.js';
-import type { DmaBuffer } from '../dma.js';
-import { closedError, usageError } from '../libc/errors.js';
+import { withUnwind } from '../base/cleanup.js';
+import type { Container } from '../core/container/container.js';
+import type { Vfio } from '../core/context.js';
+import type { Device } from '../core/device.js';
+import type { DmaBuffer } from '../core/dma.js';
+import { closedError, usageError } from '../base/errors.js';
 import type { Fd } from '../libc/sys.js';
-import { canonicalPciAddress } from '../pci-address.js';
+import { canonicalPciAddress } from '../host/pci-address.js';
 import { Borrower } from './borrower.js';
 import { decodeBuffer, decodeContainer, decodeDevice, decodeWindow, encodeBuffer, encodeContainer, encodeDevice, encodeWindow } from './grants.js';
 import { Lease } from './lease.js';

@@ -1,0 +1,93 @@
+// Resource lifecycle: `using`, resources owned by a device, unmapAll, and the
+// public entry point.
+import t from 'tap';
+import * as api from '../../lib/index.js';
+import { EDU, MODES, NO_LEAKS, enableBusMaster, machine, vfioErrorOf } from './harness.js';
+
+t.test('`using` releases devices, buffers and contexts', async (t) => {
+  for (const mode of MODES) {
+    const m = machine(mode);
+    {
+      using vfio = m.vfio;
+      using dev = vfio.openDevice(EDU);
+      using buf = dev.container.allocDma(4096);
+      buf.bytes[0] = 1;
+      t.ok(buf.live);
+    }
+    t.same(m.kernel.leaks(), NO_LEAKS, `${mode}: everything given back at the end of the block`);
+    t.ok(m.vfio.closed);
+    m.kernel.dispose();
+  }
+});
+
+t.test('resources a device owns are closed before its fd, newest first', async (t) => {
+  const { kernel, vfio } = machine('cdev');
+  t.teardown(() => kernel.dispose());
+  const order: string[] = [];
+  const dev = vfio.openDevice(EDU);
+  const fd = dev.fd;
+  const probe = (name: string) => ({
+    close() {
+      order.push(`${name}:${dev.closed ? 'fd closed' : `fd ${fd} open`}`);
+    },
+  });
+  dev.own(probe('bar0'));
+  dev.own(probe('irq'));
+  dev.release();
+  t.same(order, [`irq:fd ${fd} open`, `bar0:fd ${fd} open`]);
+  order.length = 0;
+  const again = vfio.openDevice(EDU);
+  again.own({
+    close() {
+      order.push(again.closed ? 'closed' : 'open');
+      throw new Error('a resource that fails to close');
+    },
+  });
+  t.throws(() => again.container.close(), /a resource that fails to close/, 'the close reports the failure');
+  t.same(order, ['open'], 'the container close closes them too, while the fd is open');
+  t.ok(again.closed);
+  vfio.close();
+  t.same(kernel.leaks(), NO_LEAKS, 'a failing resource does not stop the release');
+});
+
+t.test('unmapAll takes every IOVA away and leaves the memory', async (t) => {
+  for (const mode of MODES) {
+    const { kernel, vfio } = machine(mode);
+    const dev = vfio.openDevice(EDU);
+    enableBusMaster(kernel, EDU);
+    const bufs = [dev.container.allocDma(4096), dev.container.allocDma(4096), dev.container.allocDma(4096)];
+    const iovas = bufs.map((b) => b.iova);
+    dev.container.unmapAll();
+    t.ok(bufs.every((b) => !b.mapped && b.live), `${mode}: unmapped, still allocated`);
+    t.match(vfioErrorOf(() => bufs[0]!.iova), { code: 'EINVAL' }, `${mode}: no IOVA while unmapped`);
+    if (mode !== 'noiommu') {
+      for (const iova of iovas) t.throws(() => kernel.device(EDU).dmaRead(iova, 1), `${mode}: the device cannot reach 0x${iova.toString(16)}`);
+      t.equal(kernel.leaks().pinned, 3, `${mode}: only the mlock remains`);
+    }
+    bufs[1]!.map();
+    bufs[1]!.bytes[0] = 0x42;
+    t.equal(kernel.device(EDU).dmaRead(bufs[1]!.iova, 1)[0], 0x42, `${mode}: mapped again`);
+    vfio.close();
+    t.same(kernel.leaks(), NO_LEAKS);
+    kernel.dispose();
+  }
+});
+
+t.test('no-IOMMU buffers must be physically contiguous', async (t) => {
+  const { kernel, vfio } = machine('noiommu');
+  t.teardown(() => kernel.dispose());
+  const dev = vfio.openDevice(EDU);
+  const base = kernel.leaks();
+  t.match(vfioErrorOf(() => dev.container.allocDma(4 * 4096)), { code: 'ENOMEM', message: /not physically contiguous/ });
+  t.same(kernel.leaks(), base);
+  vfio.close();
+});
+
+t.test('the public entry point', async (t) => {
+  t.type(api.createVfio, 'function');
+  t.type(api.VfioError, 'function');
+  t.type(api.parsePciAddress, 'function');
+  t.ok(api.vfio instanceof api.Vfio, 'a default context');
+  t.match(vfioErrorOf(() => api.vfio.getMode('../../etc')), { code: 'EINVAL' }, 'validated before anything else');
+  t.match(vfioErrorOf(() => api.createVfio({} as never)), { code: 'EINVAL' });
+});
