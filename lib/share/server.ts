@@ -154,7 +154,7 @@ export class ShareServer implements AsyncDisposable {
     if (this.closing) throw usageError('ECLOSED', `the share server at ${this.path} is closed`);
     if (typeof name !== 'string' || name.length === 0 || name.length > 255) throw usageError('EINVAL', 'a shared buffer name is 1 to 255 characters');
     const existing = this.shared.get(name);
-    if (existing !== undefined && existing.live) throw usageError('EEXIST', `a buffer is already shared as "${name}"`);
+    if (existing?.live) throw usageError('EEXIST', `a buffer is already shared as "${name}"`);
     if (!buf.shareable) throw usageError('EINVAL', `buffer "${name}" is not shareable: allocate it with { shareable: true }`);
     buf.iova; // EINVAL when not mapped, ECLOSED when freed
     if (!this.containers.some((c) => c.ownsBuffer(buf))) throw usageError('EINVAL', `buffer "${name}" is not in a container this server serves`);

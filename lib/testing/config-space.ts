@@ -42,8 +42,7 @@ export class ConfigSpace {
 
   constructor(
     private readonly desc: PciDeviceDescription,
-    private readonly bars: readonly BarLayout[],
-    private readonly romAddress: bigint | null,
+    private readonly bars: readonly BarLayout[],readonly romAddress: bigint | null,
   ) {
     this.bytes = desc.config.slice();
     this.dv = new DataView(this.bytes.buffer);

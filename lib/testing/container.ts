@@ -355,7 +355,6 @@ interface DriverClass {
 }
 
 export class Container {
-  private refs = 1;
   readonly groups: VfioGroup[] = [];
   driver: IommuDriver | null = null;
   noiommu = false;

@@ -5,7 +5,7 @@ import { O_RDWR } from '../../lib/libc/sys.js';
 import { alloc, get, read } from '../../lib/uapi/codec.js';
 import * as I from '../../lib/uapi/iommufd.js';
 import * as V from '../../lib/uapi/vfio.js';
-import { FakeKernel, type FakeKernelOptions } from '../../lib/testing/index.js';
+import type { FakeKernel, FakeKernelOptions } from '../../lib/testing/index.js';
 import { ANON, E, RW, freshKernel } from './harness.js';
 
 const U64_MAX = (1n << 64n) - 1n;

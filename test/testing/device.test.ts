@@ -6,7 +6,7 @@ import { EFD_NONBLOCK, MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, O_RDONLY, O_RDWR,
 import { alloc, capabilities, elementOffset, get, read } from '../../lib/uapi/codec.js';
 import * as V from '../../lib/uapi/vfio.js';
 import { EDU_ID, FakeKernel, edu, pciDevice, type FakeKernelOptions } from '../../lib/testing/index.js';
-import { E, RW, freshKernel, intArg, until } from './harness.js';
+import { RW, freshKernel, intArg, until } from './harness.js';
 
 const CFG = 7n << 40n;
 

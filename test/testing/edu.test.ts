@@ -6,7 +6,7 @@ import t, { type Test } from 'tap';
 import { EFD_NONBLOCK, MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, O_RDWR, POLLIN } from '../../lib/libc/sys.js';
 import { alloc, get } from '../../lib/uapi/codec.js';
 import * as V from '../../lib/uapi/vfio.js';
-import { EDU_ID, FakeKernel, edu, pciDevice, type FakeKernelOptions } from '../../lib/testing/index.js';
+import { EDU_ID, type FakeKernel, edu, pciDevice, type FakeKernelOptions } from '../../lib/testing/index.js';
 import { RW, freshKernel, intArg, until } from './harness.js';
 
 const EDU = '0000:00:03.0';

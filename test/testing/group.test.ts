@@ -4,7 +4,7 @@ import t, { type Test } from 'tap';
 import { MAP_POPULATE, O_RDONLY, O_RDWR } from '../../lib/libc/sys.js';
 import { alloc, capabilities, get, read } from '../../lib/uapi/codec.js';
 import * as V from '../../lib/uapi/vfio.js';
-import { FakeKernel, edu, pciDevice, type FakeKernelOptions } from '../../lib/testing/index.js';
+import { type FakeKernel, edu, pciDevice, type FakeKernelOptions } from '../../lib/testing/index.js';
 import { ANON, E, RW, freshKernel, intArg } from './harness.js';
 
 const fresh = (t: Test, opts: FakeKernelOptions = {}): FakeKernel => freshKernel(t, { mode: 'group', ...opts });

@@ -9,7 +9,6 @@ import {
   MAP_FIXED,
   MAP_HUGETLB,
   MAP_POPULATE,
-  MAP_PRIVATE,
   MAP_SHARED,
   MFD_HUGETLB,
   O_RDONLY,
@@ -18,8 +17,6 @@ import {
   POLLNVAL,
   POLLOUT,
   PROT_NONE,
-  PROT_READ,
-  PROT_WRITE,
 } from '../../lib/libc/sys.js';
 import { VfioError } from '../../lib/base/errors.js';
 import { alloc } from '../../lib/uapi/codec.js';
@@ -34,7 +31,7 @@ import {
   vfio_iommu_type1_dma_map,
   vfio_iommu_type1_dma_unmap,
 } from '../../lib/uapi/vfio.js';
-import { EDU_ID, FakeKernel, edu, type FakeKernelOptions } from '../../lib/testing/index.js';
+import { EDU_ID, type FakeKernel, edu, type FakeKernelOptions } from '../../lib/testing/index.js';
 import { ANON, RW, freshKernel, intArg } from './harness.js';
 
 function u64(n: bigint): Uint8Array {
