@@ -25,7 +25,19 @@ import { join } from 'node:path';
 import { cachedSource, newestSource, versionOfStamp } from '../uapi-gen/headers.js';
 import { repoRoot } from '../uapi-gen/paths.js';
 import { UAPI_SOURCE } from '../lib/uapi/vfio.js';
-import { CASES, isHostCase, missing, parseEnv, parseSamples, publishBetweenMarkers, scaling, summarize, table, type CaseResult, type ScaleResult } from './report.js';
+import {
+  CASES,
+  isHostCase,
+  missing,
+  parseEnv,
+  parseSamples,
+  publishBetweenMarkers,
+  scaling,
+  summarize,
+  table,
+  type CaseResult,
+  type ScaleResult,
+} from './report.js';
 
 /** The modes of a full, published run. */
 const DEFAULT_MODES = ['group', 'cdev'] as const;
@@ -120,7 +132,12 @@ function warmups(quick: boolean): { c: number; ts: number } {
 }
 
 /** Runs `command args` in the checkout and collects its stdout (passing on all but the result lines). */
-function runBench(repo: string, command: string, args: readonly string[], env: NodeJS.ProcessEnv): Promise<{ stdout: string; code: number }> {
+function runBench(
+  repo: string,
+  command: string,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+): Promise<{ stdout: string; code: number }> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { cwd: repo, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
     let stdout = '';
@@ -166,9 +183,14 @@ async function main(): Promise<number> {
   }, 15_000);
   // Per boot: generous, since other VMs may share the cores.
   const timeout = opts.quick ? 300 : 1500;
-  const vm = await runBench(repo, 'bash', [join(repo, 'test/vm/run.sh'), '--exec', ['bash', ...script(opts.rounds, cases)].join(' '), '--modes', opts.modes.join(' ')], {
-    VFIO_VM_TIMEOUT: String(timeout),
-  });
+  const vm = await runBench(
+    repo,
+    'bash',
+    [join(repo, 'test/vm/run.sh'), '--exec', ['bash', ...script(opts.rounds, cases)].join(' '), '--modes', opts.modes.join(' ')],
+    {
+      VFIO_VM_TIMEOUT: String(timeout),
+    },
+  );
   clearInterval(sampler);
   const hostAfter = hostState();
   // The cases that need no device once more natively on the host: no TCG
@@ -191,8 +213,16 @@ async function main(): Promise<number> {
 
   const samples = parseSamples(run.stdout);
   const results: CaseResult[] = [
-    ...summarize(samples, opts.modes, CASES.filter((c) => !c.name.startsWith('lib-'))),
-    ...summarize(samples, ['host'], CASES.filter((c) => isHostCase(c.name))),
+    ...summarize(
+      samples,
+      opts.modes,
+      CASES.filter((c) => !c.name.startsWith('lib-')),
+    ),
+    ...summarize(
+      samples,
+      ['host'],
+      CASES.filter((c) => isHostCase(c.name)),
+    ),
   ];
   const scale: ScaleResult[] = scaling(results, opts.modes);
   const text = table(results, scale);

@@ -58,7 +58,14 @@ function emit(name: string, samples: number[]): void {
 
 // BAR0 of edu as the kernel answers it: readable, writable, mappable, 4 KiB,
 // no capability chain.
-const REGION_ANSWER = codec.alloc(vfio_region_info, { argsz: vfio_region_info.size, flags: 7, index: 0, size: 4096n, offset: 0n, cap_offset: 0 });
+const REGION_ANSWER = codec.alloc(vfio_region_info, {
+  argsz: vfio_region_info.size,
+  flags: 7,
+  index: 0,
+  size: 4096n,
+  offset: 0n,
+  cap_offset: 0,
+});
 
 /**
  * A Sys of the same shape as the real context's (lib/index.ts `lazySys`, once
@@ -132,17 +139,20 @@ for (const mode of ['group', 'cdev'] as const) {
     const clock = { inKernel: 0 };
     const setup = createVfio({ sys: timed(kernel.sys, clock), ...where });
     const n = Math.max(1, Math.round(iters / BRING_UP_DIVISOR));
-    emit(`lib-bring-up-${mode}`, timeBatches(n, () => {
-      let total = 0;
-      for (let i = 0; i < n; i++) {
-        clock.inKernel = 0;
-        const t0 = now();
-        const close = bringUp(setup, mode);
-        total += now() - t0 - clock.inKernel;
-        close();
-      }
-      return total;
-    }));
+    emit(
+      `lib-bring-up-${mode}`,
+      timeBatches(n, () => {
+        let total = 0;
+        for (let i = 0; i < n; i++) {
+          clock.inKernel = 0;
+          const t0 = now();
+          const close = bringUp(setup, mode);
+          total += now() - t0 - clock.inKernel;
+          close();
+        }
+        return total;
+      }),
+    );
     setup.close();
 
     const vfio = createVfio({ sys: likeLazySys(kernel.sys, stubIoctl), ...where });
@@ -155,22 +165,31 @@ for (const mode of ['group', 'cdev'] as const) {
     if (!huge.hugepages) throw new Error('the fake kernel gave no huge page');
     huge.unmap();
     stub = true;
-    emit(`lib-dma-4k-${mode}`, timeBatches(iters, () => {
-      for (let i = 0; i < iters; i++) {
-        buf.map();
-        buf.unmap();
-      }
-    }));
-    emit(`lib-dma-2m-${mode}`, timeBatches(iters, () => {
-      for (let i = 0; i < iters; i++) {
-        huge.map();
-        huge.unmap();
-      }
-    }));
+    emit(
+      `lib-dma-4k-${mode}`,
+      timeBatches(iters, () => {
+        for (let i = 0; i < iters; i++) {
+          buf.map();
+          buf.unmap();
+        }
+      }),
+    );
+    emit(
+      `lib-dma-2m-${mode}`,
+      timeBatches(iters, () => {
+        for (let i = 0; i < iters; i++) {
+          huge.map();
+          huge.unmap();
+        }
+      }),
+    );
     if (mode === 'group') {
-      emit('lib-region-info', timeBatches(iters, () => {
-        for (let i = 0; i < iters; i++) dev.regionInfo(0);
-      }));
+      emit(
+        'lib-region-info',
+        timeBatches(iters, () => {
+          for (let i = 0; i < iters; i++) dev.regionInfo(0);
+        }),
+      );
     }
     stub = false;
     vfio.close();

@@ -73,7 +73,11 @@ export const CASES: readonly CaseSpec[] = [
   { name: 'ram-write32', what: 'the same write on RAM-backed mapped memory (Region.write32)', target: { max: 3 } },
   { name: 'ram-views-read32', what: 'info: the RAM read through Region.views() (typed array, no checks)', target: null },
   { name: 'ffi-floor', what: "info: getuid(2), the cheapest system call (TS: the library's koffi binding)", target: null },
-  { name: 'irq', what: "edu raises MSI (0x60) until the handler runs, MSI on the waiter's CPU; TS: events() iterator, C: poll(2)", target: { max: 2 } },
+  {
+    name: 'irq',
+    what: "edu raises MSI (0x60) until the handler runs, MSI on the waiter's CPU; TS: events() iterator, C: poll(2)",
+    target: { max: 2 },
+  },
   { name: 'irq-remote', what: 'the same with the MSI on the other CPU (the waiter sleeps until woken)', target: { max: 2 } },
   { name: 'irq-wait', what: 'info: the same with one vector.wait() per interrupt', target: null },
   { name: 'bring-up', what: 'create container, assign, open, info, map BAR0, enable MSI', target: { max: 3 } },
@@ -85,12 +89,42 @@ export const CASES: readonly CaseSpec[] = [
     target: null,
     tsOnly: true,
   },
-  { name: 'lib-dma-4k-group', what: "info, host only: the library's own cost of a map + unmap, group backend (ioctls stubbed)", target: null, tsOnly: true },
-  { name: 'lib-dma-4k-cdev', what: "info, host only: the library's own cost of a map + unmap, cdev backend (ioctls stubbed)", target: null, tsOnly: true },
-  { name: 'lib-dma-2m-group', what: "info, host only: the library's own cost of a map + unmap of a 2 MiB huge-page buffer, group backend (ioctls stubbed)", target: null, tsOnly: true },
-  { name: 'lib-dma-2m-cdev', what: "info, host only: the library's own cost of a map + unmap of a 2 MiB huge-page buffer, cdev backend (ioctls stubbed)", target: null, tsOnly: true },
-  { name: 'lib-bring-up-group', what: "info, host only: the library's own cost of a bring-up, group mode (fake kernel; time inside its system calls subtracted)", target: null, tsOnly: true },
-  { name: 'lib-bring-up-cdev', what: "info, host only: the library's own cost of a bring-up, cdev mode (fake kernel; time inside its system calls subtracted)", target: null, tsOnly: true },
+  {
+    name: 'lib-dma-4k-group',
+    what: "info, host only: the library's own cost of a map + unmap, group backend (ioctls stubbed)",
+    target: null,
+    tsOnly: true,
+  },
+  {
+    name: 'lib-dma-4k-cdev',
+    what: "info, host only: the library's own cost of a map + unmap, cdev backend (ioctls stubbed)",
+    target: null,
+    tsOnly: true,
+  },
+  {
+    name: 'lib-dma-2m-group',
+    what: "info, host only: the library's own cost of a map + unmap of a 2 MiB huge-page buffer, group backend (ioctls stubbed)",
+    target: null,
+    tsOnly: true,
+  },
+  {
+    name: 'lib-dma-2m-cdev',
+    what: "info, host only: the library's own cost of a map + unmap of a 2 MiB huge-page buffer, cdev backend (ioctls stubbed)",
+    target: null,
+    tsOnly: true,
+  },
+  {
+    name: 'lib-bring-up-group',
+    what: "info, host only: the library's own cost of a bring-up, group mode (fake kernel; time inside its system calls subtracted)",
+    target: null,
+    tsOnly: true,
+  },
+  {
+    name: 'lib-bring-up-cdev',
+    what: "info, host only: the library's own cost of a bring-up, cdev mode (fake kernel; time inside its system calls subtracted)",
+    target: null,
+    tsOnly: true,
+  },
   { name: 'scale-1k', what: 'one map + unmap with 1,000 buffers mapped at once', target: null },
   { name: 'scale-10k', what: 'one map + unmap with 10,000 buffers mapped at once', target: null },
 ];
@@ -194,7 +228,14 @@ export function scaling(results: readonly CaseResult[], modes: readonly string[]
     const own1 = own(k1);
     const own10 = own(k10);
     const library = own1 !== null && own10 !== null && own1 > 0 ? own10 / own1 : null;
-    return { mode, ts, c: growth(k1?.c, k10?.c), library, target: SCALE_TARGET, met: library === null ? null : library <= SCALE_TARGET.max };
+    return {
+      mode,
+      ts,
+      c: growth(k1?.c, k10?.c),
+      library,
+      target: SCALE_TARGET,
+      met: library === null ? null : library <= SCALE_TARGET.max,
+    };
   });
 }
 

@@ -107,7 +107,7 @@ export class Edu implements Disposable {
   checkLiveness(value: number): { wrote: number; read: number; alive: boolean } {
     this.#bar.write32(REG_LIVENESS, value);
     const read = this.#bar.read32(REG_LIVENESS);
-    return { wrote: value, read, alive: read === (~value >>> 0) };
+    return { wrote: value, read, alive: read === ~value >>> 0 };
   }
 
   /**
@@ -194,7 +194,12 @@ export async function main(argv: readonly string[], ctx: Vfio = vfio, log: (line
     args = parseArgs({
       args: [...argv],
       allowPositionals: true,
-      options: { 'dma-bits': { type: 'string' }, 'no-mmap': { type: 'boolean' }, factorial: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        'dma-bits': { type: 'string' },
+        'no-mmap': { type: 'boolean' },
+        factorial: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
     });
   } catch (err) {
     console.error(`edu-driver: ${(err as Error).message}\n${USAGE}`);
@@ -213,18 +218,22 @@ export async function main(argv: readonly string[], ctx: Vfio = vfio, log: (line
   const target = args.positionals[0] as string;
   try {
     using edu = Edu.open(ctx, target, { dmaLimit: 2n ** BigInt(bits), noMmap: args.values['no-mmap'] === true });
-    log(`edu ${edu.address}, ${edu.mode} mode, BAR0 ${edu.mapped ? 'mmap\'d' : 'through pread/pwrite'}`);
+    log(`edu ${edu.address}, ${edu.mode} mode, BAR0 ${edu.mapped ? "mmap'd" : 'through pread/pwrite'}`);
 
     const { id, major, minor } = edu.identify();
     log(`  identification  0x${id.toString(16).padStart(8, '0')} (edu version ${major}.${minor})`);
 
     const live = edu.checkLiveness(0x12345678);
-    log(`  liveness        wrote 0x${live.wrote.toString(16)}, read back 0x${live.read.toString(16)}: ${live.alive ? 'alive' : 'NOT the inverse'}`);
+    log(
+      `  liveness        wrote 0x${live.wrote.toString(16)}, read back 0x${live.read.toString(16)}: ${live.alive ? 'alive' : 'NOT the inverse'}`,
+    );
     if (!live.alive) return 1;
 
     const dma = await edu.dmaRoundTrip();
     const where = edu.mode === 'noiommu' ? 'physical address' : 'IOVA';
-    log(`  DMA round trip  ${dma.bytes} bytes RAM -> edu -> RAM at ${where} 0x${dma.iova.toString(16)}: ${dma.verified ? 'verified' : 'MISMATCH'}`);
+    log(
+      `  DMA round trip  ${dma.bytes} bytes RAM -> edu -> RAM at ${where} 0x${dma.iova.toString(16)}: ${dma.verified ? 'verified' : 'MISMATCH'}`,
+    );
     if (!dma.verified) return 1;
 
     const result = await edu.factorial(n);

@@ -96,7 +96,13 @@ export function main(argv: readonly string[], ctx: Vfio = vfio, sysfs = '/sys', 
   ]);
   const header = ['ADDRESS', 'ID', 'DRIVER', 'IOMMU GROUP', 'VFIO MODE', 'GROUP VIABLE'];
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] as string).length)));
-  for (const line of [header, ...cells]) log(line.map((c, i) => c.padEnd(widths[i] as number)).join('  ').trimEnd());
+  for (const line of [header, ...cells])
+    log(
+      line
+        .map((c, i) => c.padEnd(widths[i] as number))
+        .join('  ')
+        .trimEnd(),
+    );
   return 0;
 }
 

@@ -31,19 +31,27 @@ function num(text: string): number {
  */
 function peek(bar: Region, offset: number, width: Width): bigint {
   switch (width) {
-    case 8: return BigInt(bar.read8(offset));
-    case 16: return BigInt(bar.read16(offset));
-    case 32: return BigInt(bar.read32(offset));
-    case 64: return bar.read64(offset);
+    case 8:
+      return BigInt(bar.read8(offset));
+    case 16:
+      return BigInt(bar.read16(offset));
+    case 32:
+      return BigInt(bar.read32(offset));
+    case 64:
+      return bar.read64(offset);
   }
 }
 
 function poke(bar: Region, offset: number, width: Width, value: bigint): void {
   switch (width) {
-    case 8: return bar.write8(offset, Number(value));
-    case 16: return bar.write16(offset, Number(value));
-    case 32: return bar.write32(offset, Number(value));
-    case 64: return bar.write64(offset, value);
+    case 8:
+      return bar.write8(offset, Number(value));
+    case 16:
+      return bar.write16(offset, Number(value));
+    case 32:
+      return bar.write32(offset, Number(value));
+    case 64:
+      return bar.write64(offset, value);
   }
 }
 
@@ -104,7 +112,8 @@ export function main(argv: readonly string[], ctx: Vfio = vfio, log: (line: stri
   if (!(barIndex >= 0 && barIndex <= 5)) return bad(`<bar> must be 0 to 5, got ${barText}`);
   if (![8, 16, 32, 64].includes(width)) return bad(`--width must be 8, 16, 32 or 64, got ${values.width}`);
   const step = width / 8;
-  if (!(offset % step === 0) || !(length > 0 && length % step === 0)) return bad(`--offset and --length must be multiples of ${step} (the ${width}-bit width)`);
+  if (!(offset % step === 0) || !(length > 0 && length % step === 0))
+    return bad(`--offset and --length must be multiples of ${step} (the ${width}-bit width)`);
   let pokeAt: { offset: number; value: bigint } | null = null;
   if (values.poke !== undefined) {
     const m = /^([^=]+)=(0x[0-9a-f]+|[0-9]+)$/i.exec(values.poke);
@@ -121,7 +130,10 @@ export function main(argv: readonly string[], ctx: Vfio = vfio, log: (line: stri
     // The device and its BAR are released when this block ends, whatever happens.
     using dev = ctx.openDevice(address);
     using bar = dev.mapBar(barIndex, { noMmap: values['no-mmap'] === true });
-    const how = bar.mappedAreas.length > 0 ? `mmap'd (${bar.mappedAreas.map((a) => `${hex(a.offset, 1)}+${hex(a.size, 1)}`).join(', ')})` : 'through pread/pwrite';
+    const how =
+      bar.mappedAreas.length > 0
+        ? `mmap'd (${bar.mappedAreas.map((a) => `${hex(a.offset, 1)}+${hex(a.size, 1)}`).join(', ')})`
+        : 'through pread/pwrite';
     log(`BAR${barIndex} of ${dev.address} (${dev.mode} mode): ${bar.size} bytes, ${how}`);
     if (pokeAt !== null) {
       poke(bar, pokeAt.offset, width, pokeAt.value);

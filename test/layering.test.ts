@@ -46,7 +46,8 @@ function folderOf(file: string): string {
 /** Every module specifier of a source file: import/export ... from, import(). */
 export function specifiers(source: string): string[] {
   const out: string[] = [];
-  const re = /(?:^|\n)\s*(?:import|export)\b[^'";]*?\bfrom\s*['"]([^'"]+)['"]|(?:^|\n)\s*import\s*['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)/g;
+  const re =
+    /(?:^|\n)\s*(?:import|export)\b[^'";]*?\bfrom\s*['"]([^'"]+)['"]|(?:^|\n)\s*import\s*['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)/g;
   for (const m of source.matchAll(re)) out.push((m[1] ?? m[2] ?? m[3])!);
   return out;
 }
@@ -60,13 +61,22 @@ t.test('specifiers() finds every import form', (t) => {
     "const d = await import('../d/d.js');",
     'import {\n  e,\n  f,\n} from "../e.js";',
   ].join('\n');
-  t.same(specifiers(src), ['./a.js', '../b/b.js', './c.js', './side.js', '../e.js', '../d/d.js'].sort((x, y) => src.indexOf(x) - src.indexOf(y)));
+  t.same(
+    specifiers(src),
+    ['./a.js', '../b/b.js', './c.js', './side.js', '../e.js', '../d/d.js'].sort((x, y) => src.indexOf(x) - src.indexOf(y)),
+  );
   t.end();
 });
 
 t.test('every lib/ folder has a layer', (t) => {
-  const folders = readdirSync(lib, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name);
-  t.same(folders.filter((f) => !(f in LAYERS)), [], 'folders without a layer in this test and the README');
+  const folders = readdirSync(lib, { withFileTypes: true })
+    .filter((e) => e.isDirectory())
+    .map((e) => e.name);
+  t.same(
+    folders.filter((f) => !(f in LAYERS)),
+    [],
+    'folders without a layer in this test and the README',
+  );
   t.end();
 });
 

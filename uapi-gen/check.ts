@@ -63,7 +63,8 @@ export function compare(source: HeaderSource, modules: ReadonlyMap<string, Gener
   // Names present on both sides go to the probe; the rest are mismatches already.
   for (const [h, mod] of modules) {
     const cRecords = new Map(found.records.get(h)!.map((r) => [r.tag, r]));
-    for (const tag of cRecords.keys()) if (!Object.hasOwn(mod.layouts, tag)) mismatches.push(`${h}: struct/union ${tag} is missing from lib/uapi/${h}.ts`);
+    for (const tag of cRecords.keys())
+      if (!Object.hasOwn(mod.layouts, tag)) mismatches.push(`${h}: struct/union ${tag} is missing from lib/uapi/${h}.ts`);
     for (const [tag, layout] of Object.entries(mod.layouts)) {
       const c = cRecords.get(tag);
       if (c === undefined) {
@@ -225,7 +226,9 @@ async function main(): Promise<number> {
   if (source.stamp === stamp) {
     const diff = regenerationDiff(source, join(repoRoot(), 'lib', 'uapi'));
     mismatches.push(...diff);
-    process.stdout.write(`uapi:check: regenerated into a temporary directory: ${diff.length === 0 ? 'identical to the committed files' : 'DIFFERENT'}\n`);
+    process.stdout.write(
+      `uapi:check: regenerated into a temporary directory: ${diff.length === 0 ? 'identical to the committed files' : 'DIFFERENT'}\n`,
+    );
   } else {
     process.stdout.write('uapi:check: headers differ from the stamped version: regeneration diff skipped\n');
   }

@@ -73,7 +73,9 @@ export function emitModule(model: UapiModel, file: string, source: string): stri
   for (const r of records) {
     for (const f of r.fields) {
       if (typeof f.type !== 'string' && f.type.file !== file) {
-        throw new EmitError(`${file}: ${r.name}.${f.name} refers to ${f.type.name} from ${f.type.file}.h (cross-header references are not supported)`);
+        throw new EmitError(
+          `${file}: ${r.name}.${f.name} refers to ${f.type.name} from ${f.type.file}.h (cross-header references are not supported)`,
+        );
       }
     }
   }

@@ -78,13 +78,18 @@ export function directorySource(dir: string): HeaderSource {
 function aptOptions(root: string): string[] {
   const sources = join(root, 'apt', 'sources.list');
   return [
-    '-o', `Dir::Etc::SourceList=${sources}`,
-    '-o', 'Dir::Etc::SourceParts=-',
-    '-o', `Dir::State::Lists=${join(root, 'apt', 'lists')}`,
-    '-o', `Dir::Cache=${join(root, 'apt', 'cache')}`,
+    '-o',
+    `Dir::Etc::SourceList=${sources}`,
+    '-o',
+    'Dir::Etc::SourceParts=-',
+    '-o',
+    `Dir::State::Lists=${join(root, 'apt', 'lists')}`,
+    '-o',
+    `Dir::Cache=${join(root, 'apt', 'cache')}`,
     // The private lists belong to whoever runs the generator; as root, apt would
     // otherwise drop to the _apt user, which cannot write them.
-    '-o', 'APT::Sandbox::User=root',
+    '-o',
+    'APT::Sandbox::User=root',
     '-q',
   ];
 }

@@ -83,7 +83,7 @@ interface Setup {
 
 /** Open the container, assign the device, read its info, map BAR0, enable one MSI vector. */
 function bringUp(): Setup {
-  if (mode === 'host') throw new Error('this case needs the VM\'s device (mode host runs only ram-* and ffi-floor)');
+  if (mode === 'host') throw new Error("this case needs the VM's device (mode host runs only ram-* and ffi-floor)");
   const container = vfio.createContainer({ mode });
   container.assignDevice(edu!);
   const device = vfio.openDevice(edu!);
@@ -296,9 +296,13 @@ for (const spec of plan) {
       // (lib/libc/koffi-sys.ts); getuid(2) does no work in the kernel.
       const { koffiSys } = await import('../../lib/libc/koffi-sys.js');
       let sink = 0;
-      emit(name, 'op', timeBatches(iters, batches, () => {
-        for (let i = 0; i < iters; i++) sink ^= koffiSys.getuid();
-      }));
+      emit(
+        name,
+        'op',
+        timeBatches(iters, batches, () => {
+          for (let i = 0; i < iters; i++) sink ^= koffiSys.getuid();
+        }),
+      );
       if (sink === -1) process.stdout.write('');
       break;
     }

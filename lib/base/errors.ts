@@ -87,15 +87,17 @@ export class VfioError extends Error {
 
   private format(): string {
     const what = [this.syscall, this.request, this.path].filter((s) => s !== undefined).join(' ');
-    const ctx = [this.device !== undefined ? `device ${this.device}` : undefined, this.detail].filter(
-      (s) => s !== undefined,
-    );
+    const ctx = [this.device !== undefined ? `device ${this.device}` : undefined, this.detail].filter((s) => s !== undefined);
     return `${what === '' ? '' : what + ': '}${this.code}${ctx.length ? ` (${ctx.join(': ')})` : ''}`;
   }
 }
 
 /** Throws a VfioError for a failed system call. */
-export function sysError(syscall: string, errnoOrCode: number | string, init: Omit<VfioErrorInit, 'syscall' | 'errno' | 'code'> = {}): VfioError {
+export function sysError(
+  syscall: string,
+  errnoOrCode: number | string,
+  init: Omit<VfioErrorInit, 'syscall' | 'errno' | 'code'> = {},
+): VfioError {
   const errno = typeof errnoOrCode === 'number' ? errnoOrCode : errnoOf(errnoOrCode);
   return new VfioError({ ...init, syscall, errno });
 }

@@ -75,7 +75,8 @@ export function pciAddress(text: string): string {
  */
 export function nonNegativeInt(text: string, what: string): number {
   const n = /^0x[0-9a-f]+$/i.test(text) ? parseInt(text, 16) : /^[0-9]+$/.test(text) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(n)) throw new UsageError(`${what} must be a non-negative integer (decimal or 0x-hex), got ${JSON.stringify(text)}`);
+  if (!Number.isSafeInteger(n))
+    throw new UsageError(`${what} must be a non-negative integer (decimal or 0x-hex), got ${JSON.stringify(text)}`);
   return n;
 }
 
@@ -86,7 +87,8 @@ const WIDTHS: readonly number[] = [8, 16, 32, 64];
 /** @throws UsageError unless `text` is 8, 16, 32 or 64. */
 export function width(text: string): Width {
   const n = Number(text);
-  if (!/^[0-9]+$/.test(text) || !WIDTHS.includes(n)) throw new UsageError(`width must be 8, 16, 32 or 64 (bits), got ${JSON.stringify(text)}`);
+  if (!/^[0-9]+$/.test(text) || !WIDTHS.includes(n))
+    throw new UsageError(`width must be 8, 16, 32 or 64 (bits), got ${JSON.stringify(text)}`);
   return n as Width;
 }
 

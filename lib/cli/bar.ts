@@ -20,7 +20,12 @@ interface Access {
 function parseRead(text: string, defaultWidth: Width): Access {
   const m = /^([^:=]+)(?::([^:=]+))?$/.exec(text);
   if (m === null) throw new UsageError(`--read takes offset[:width], got ${JSON.stringify(text)}`);
-  return { op: 'read', offset: nonNegativeInt(m[1] as string, '--read offset'), width: m[2] === undefined ? defaultWidth : width(m[2]), value: 0n };
+  return {
+    op: 'read',
+    offset: nonNegativeInt(m[1] as string, '--read offset'),
+    width: m[2] === undefined ? defaultWidth : width(m[2]),
+    value: 0n,
+  };
 }
 
 /** `off=value[:width]` of --write. */
@@ -132,11 +137,13 @@ Examples:
     using dev = v.openDevice(address);
     using region = dev.mapBar(Number(barText));
     if (accesses.length === 0) {
-      if (dumpOffset >= region.size) throw new UsageError(`--offset ${hex(dumpOffset)} is past the end of the ${region.size}-byte BAR ${barText}`);
+      if (dumpOffset >= region.size)
+        throw new UsageError(`--offset ${hex(dumpOffset)} is past the end of the ${region.size}-byte BAR ${barText}`);
       const length = Math.min(dumpLength ?? DEFAULT_DUMP, region.size - dumpOffset);
       if (flag(args, 'json')) {
         const words: string[] = [];
-        for (let at = dumpOffset; at < dumpOffset + length; at += defaultWidth / 8) words.push(hex(readWord(region, at, defaultWidth), defaultWidth / 4));
+        for (let at = dumpOffset; at < dumpOffset + length; at += defaultWidth / 8)
+          words.push(hex(readWord(region, at, defaultWidth), defaultWidth / 4));
         env.out(json({ offset: dumpOffset, length, width: defaultWidth, words }));
       } else {
         env.out(hexdump((at, w) => readWord(region, at, w), dumpOffset, length, defaultWidth));

@@ -76,7 +76,9 @@ function bindOne(env: CliEnv, state: BindState, address: string): string {
   write(env, join(env.roots.sysfs, 'bus', 'pci', 'drivers_probe'), address);
   const after = currentDriver(env, address);
   if (!isVfioDriver(after)) {
-    throw new CliFailure(`${address}: vfio-pci did not take the device (${after === null ? 'it has no driver now' : `it is on ${after} now`}; \`dmesg\` says why)`);
+    throw new CliFailure(
+      `${address}: vfio-pci did not take the device (${after === null ? 'it has no driver now' : `it is on ${after} now`}; \`dmesg\` says why)`,
+    );
   }
   return `${address}: bound to ${after} (was ${describe(before)})`;
 }
@@ -97,7 +99,9 @@ function unbindOne(env: CliEnv, state: BindState, address: string): string {
     const drv = remembered.driver;
     const bindFile = join(env.roots.sysfs, 'bus', 'pci', 'drivers', drv, 'bind');
     if (!isDriverName(drv) || !existsSync(bindFile)) {
-      throw new CliFailure(`${address}: unbound from ${before}, but its previous driver ${drv} is not loaded (modprobe ${drv}, then \`echo ${address} > ${bindFile}\`)`);
+      throw new CliFailure(
+        `${address}: unbound from ${before}, but its previous driver ${drv} is not loaded (modprobe ${drv}, then \`echo ${address} > ${bindFile}\`)`,
+      );
     }
     write(env, bindFile, address);
   }
@@ -105,7 +109,9 @@ function unbindOne(env: CliEnv, state: BindState, address: string): string {
   saveBindState(env.stateDir, state);
   const after = currentDriver(env, address);
   if (remembered !== undefined && remembered.driver !== null && after !== remembered.driver) {
-    throw new CliFailure(`${address}: unbound from ${before}, but ${remembered.driver} did not take it back (driver now ${describe(after)}; \`dmesg\` says why)`);
+    throw new CliFailure(
+      `${address}: unbound from ${before}, but ${remembered.driver} did not take it back (driver now ${describe(after)}; \`dmesg\` says why)`,
+    );
   }
   return `${address}: unbound from ${before}, now ${after === null ? 'has no driver' : `bound to ${after}`}${remembered === undefined ? ' (no previous driver remembered: the kernel chose)' : ''}`;
 }
@@ -146,7 +152,9 @@ Example:
     const blockers = desc.iommuGroup === null ? [] : groupBlockers(env.roots, desc);
     if (blockers.length > 0 && !flag(args, 'group')) {
       const who = blockers.map((b) => `${b.address} (${b.driver})`).join(', ');
-      throw new CliFailure(`IOMMU group ${desc.iommuGroup} of ${address} also holds ${who} on host drivers: bind them too with --group, or unbind them first`);
+      throw new CliFailure(
+        `IOMMU group ${desc.iommuGroup} of ${address} also holds ${who} on host drivers: bind them too with --group, or unbind them first`,
+      );
     }
     const state = loadBindState(env.stateDir);
     const targets = [address, ...blockers.map((b) => b.address)];
@@ -182,7 +190,9 @@ Example:
     const address = pciAddress(args.positionals[0] as string);
     const desc = describePciDevice(env.roots, address);
     const targets = flag(args, 'group')
-      ? groupMembers(env.roots, desc).filter((m) => m.address === address || isVfioDriver(m.driver)).map((m) => m.address)
+      ? groupMembers(env.roots, desc)
+          .filter((m) => m.address === address || isVfioDriver(m.driver))
+          .map((m) => m.address)
       : [address];
     const state = loadBindState(env.stateDir);
     for (const target of targets) env.out(unbindOne(env, state, target) + '\n');

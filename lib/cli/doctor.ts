@@ -77,24 +77,48 @@ function moduleChecks(env: CliEnv): Check[] {
   const type1 = existsSync(type1ModuleDir(env.roots));
   checks.push(
     type1 || iommufd
-      ? { name: 'type1', status: 'ok', message: type1 ? 'vfio_iommu_type1 is loaded (group mode)' : 'IOMMUFD provides the Type1 interface (group mode)' }
-      : { name: 'type1', status: 'warn', message: 'no Type1 IOMMU driver: group mode is unavailable', fix: 'sudo modprobe vfio_iommu_type1' },
+      ? {
+          name: 'type1',
+          status: 'ok',
+          message: type1 ? 'vfio_iommu_type1 is loaded (group mode)' : 'IOMMUFD provides the Type1 interface (group mode)',
+        }
+      : {
+          name: 'type1',
+          status: 'warn',
+          message: 'no Type1 IOMMU driver: group mode is unavailable',
+          fix: 'sudo modprobe vfio_iommu_type1',
+        },
   );
   checks.push(
     iommufd
       ? { name: 'iommufd', status: 'ok', message: `${iommufdNode(env.roots)} exists (cdev mode)` }
-      : { name: 'iommufd', status: 'warn', message: `${iommufdNode(env.roots)} does not exist: cdev mode is unavailable`, fix: 'sudo modprobe iommufd (kernel 6.6+ built with CONFIG_IOMMUFD)' },
+      : {
+          name: 'iommufd',
+          status: 'warn',
+          message: `${iommufdNode(env.roots)} does not exist: cdev mode is unavailable`,
+          fix: 'sudo modprobe iommufd (kernel 6.6+ built with CONFIG_IOMMUFD)',
+        },
   );
   checks.push(
     cdevDir
       ? { name: 'vfio-cdev', status: 'ok', message: `${vfioCdevDir(env.roots)} exists (cdev mode)` }
-      : { name: 'vfio-cdev', status: 'warn', message: `${vfioCdevDir(env.roots)} does not exist: cdev mode is unavailable`, fix: 'a kernel built with CONFIG_VFIO_DEVICE_CDEV=y (6.6+), with a device bound to vfio-pci' },
+      : {
+          name: 'vfio-cdev',
+          status: 'warn',
+          message: `${vfioCdevDir(env.roots)} does not exist: cdev mode is unavailable`,
+          fix: 'a kernel built with CONFIG_VFIO_DEVICE_CDEV=y (6.6+), with a device bound to vfio-pci',
+        },
   );
   const container = existsSync(vfioContainerNode(env.roots));
   checks.push(
     container
       ? { name: 'container', status: 'ok', message: `${vfioContainerNode(env.roots)} exists (group and no-IOMMU modes)` }
-      : { name: 'container', status: 'warn', message: `${vfioContainerNode(env.roots)} does not exist: group and no-IOMMU modes are unavailable`, fix: 'sudo modprobe vfio (a kernel with CONFIG_VFIO_CONTAINER=y)' },
+      : {
+          name: 'container',
+          status: 'warn',
+          message: `${vfioContainerNode(env.roots)} does not exist: group and no-IOMMU modes are unavailable`,
+          fix: 'sudo modprobe vfio (a kernel with CONFIG_VFIO_CONTAINER=y)',
+        },
   );
   return checks;
 }
@@ -103,9 +127,14 @@ function noiommuCheck(env: CliEnv, hasIommu: boolean): Check {
   const param = noiommuParameter(env.roots);
   const value = readText(param);
   if (value === 'Y') {
-    return { name: 'noiommu', status: hasIommu ? 'info' : 'ok', message: 'enable_unsafe_noiommu_mode=Y: devices without an IOMMU get no-IOMMU groups (DMA is not isolated)' };
+    return {
+      name: 'noiommu',
+      status: hasIommu ? 'info' : 'ok',
+      message: 'enable_unsafe_noiommu_mode=Y: devices without an IOMMU get no-IOMMU groups (DMA is not isolated)',
+    };
   }
-  if (hasIommu) return { name: 'noiommu', status: 'info', message: `enable_unsafe_noiommu_mode=${value ?? 'absent'} (not needed with an IOMMU)` };
+  if (hasIommu)
+    return { name: 'noiommu', status: 'info', message: `enable_unsafe_noiommu_mode=${value ?? 'absent'} (not needed with an IOMMU)` };
   return {
     name: 'noiommu',
     status: 'info',
@@ -128,12 +157,15 @@ function permissionCheck(env: CliEnv): Check {
   const nodes = [
     vfioContainerNode(env.roots),
     iommufdNode(env.roots),
-    ...listDir(join(env.roots.dev, 'vfio')).filter((n) => /^(noiommu-)?[0-9]+$/.test(n)).map((n) => join(env.roots.dev, 'vfio', n)),
+    ...listDir(join(env.roots.dev, 'vfio'))
+      .filter((n) => /^(noiommu-)?[0-9]+$/.test(n))
+      .map((n) => join(env.roots.dev, 'vfio', n)),
     ...listDir(vfioCdevDir(env.roots)).map((n) => join(vfioCdevDir(env.roots), n)),
   ].filter((p) => existsSync(p));
   if (nodes.length === 0) return { name: 'permissions', status: 'info', message: 'no VFIO device nodes to check' };
   const denied = nodes.map((p) => ({ p, ...canReadWrite(env, p) })).filter((n) => !n.ok);
-  if (denied.length === 0) return { name: 'permissions', status: 'ok', message: `uid ${env.uid} can open ${nodes.length} VFIO node(s) read-write` };
+  if (denied.length === 0)
+    return { name: 'permissions', status: 'ok', message: `uid ${env.uid} can open ${nodes.length} VFIO node(s) read-write` };
   return {
     name: 'permissions',
     status: 'fail',
@@ -149,12 +181,18 @@ function memlockCheck(env: CliEnv): Check {
   const line = limits?.split('\n').find((l) => l.startsWith('Max locked memory'));
   const soft = line?.slice('Max locked memory'.length).trim().split(/\s+/)[0];
   if (soft === undefined) return { name: 'memlock', status: 'warn', message: 'cannot read the memlock limit from /proc/self/limits' };
-  const fix = 'raise it: `ulimit -l unlimited` in a root shell before dropping privileges, or a line "<user> - memlock unlimited" in /etc/security/limits.conf (LimitMEMLOCK=infinity for a systemd service)';
+  const fix =
+    'raise it: `ulimit -l unlimited` in a root shell before dropping privileges, or a line "<user> - memlock unlimited" in /etc/security/limits.conf (LimitMEMLOCK=infinity for a systemd service)';
   if (soft === 'unlimited') return { name: 'memlock', status: 'ok', message: 'memlock limit: unlimited' };
   const n = Number(soft);
   if (!Number.isFinite(n)) return { name: 'memlock', status: 'warn', message: `memlock limit reads ${JSON.stringify(soft)}` };
   if (n < MEMLOCK_WARN) {
-    return { name: 'memlock', status: 'warn', message: `memlock limit is ${bytes(n)}: every DMA buffer counts against it (twice in group mode)`, fix };
+    return {
+      name: 'memlock',
+      status: 'warn',
+      message: `memlock limit is ${bytes(n)}: every DMA buffer counts against it (twice in group mode)`,
+      fix,
+    };
   }
   return { name: 'memlock', status: 'ok', message: `memlock limit: ${bytes(n)}` };
 }
@@ -174,9 +212,16 @@ function modesCheck(env: CliEnv, hasIommu: boolean): Check {
 
 function devicesCheck(env: CliEnv): Check {
   const v = env.vfio();
-  const devices = pciAddresses(env.roots).map((a) => inspectDevice(env.roots, v, a)).filter((d) => d.vfio);
+  const devices = pciAddresses(env.roots)
+    .map((a) => inspectDevice(env.roots, v, a))
+    .filter((d) => d.vfio);
   if (devices.length === 0) {
-    return { name: 'devices', status: 'info', message: 'no device is bound to vfio-pci', fix: 'vfio ls shows the devices; sudo vfio bind <address> hands one to VFIO' };
+    return {
+      name: 'devices',
+      status: 'info',
+      message: 'no device is bound to vfio-pci',
+      fix: 'vfio ls shows the devices; sudo vfio bind <address> hands one to VFIO',
+    };
   }
   const bad = devices.filter((d) => d.viable !== true || d.mode === null);
   const list = devices.map((d) => `${d.address} (${d.mode ?? 'no mode'}${d.viable === true ? '' : ', group not viable'})`).join(', ');

@@ -17,37 +17,71 @@ import type { Vfio } from '../core/context.js';
 import { VfioError } from '../base/errors.js';
 import { iommufdNode } from '../host/paths.js';
 import {
-  VFIO_DEVICE_FLAGS_AMBA, VFIO_DEVICE_FLAGS_AP, VFIO_DEVICE_FLAGS_CAPS, VFIO_DEVICE_FLAGS_CCW, VFIO_DEVICE_FLAGS_CDX,
-  VFIO_DEVICE_FLAGS_FSL_MC, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_PLATFORM, VFIO_DEVICE_FLAGS_RESET,
-  VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP, VFIO_DEVICE_INFO_CAP_ZPCI_BASE, VFIO_DEVICE_INFO_CAP_ZPCI_GROUP,
-  VFIO_DEVICE_INFO_CAP_ZPCI_PFIP, VFIO_DEVICE_INFO_CAP_ZPCI_UTIL, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD,
-  VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, VFIO_REGION_INFO_CAP_NVLINK2_LNKSPD,
-  VFIO_REGION_INFO_CAP_NVLINK2_SSATGT, VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_CAP_TYPE,
-  VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+  VFIO_DEVICE_FLAGS_AMBA,
+  VFIO_DEVICE_FLAGS_AP,
+  VFIO_DEVICE_FLAGS_CAPS,
+  VFIO_DEVICE_FLAGS_CCW,
+  VFIO_DEVICE_FLAGS_CDX,
+  VFIO_DEVICE_FLAGS_FSL_MC,
+  VFIO_DEVICE_FLAGS_PCI,
+  VFIO_DEVICE_FLAGS_PLATFORM,
+  VFIO_DEVICE_FLAGS_RESET,
+  VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP,
+  VFIO_DEVICE_INFO_CAP_ZPCI_BASE,
+  VFIO_DEVICE_INFO_CAP_ZPCI_GROUP,
+  VFIO_DEVICE_INFO_CAP_ZPCI_PFIP,
+  VFIO_DEVICE_INFO_CAP_ZPCI_UTIL,
+  VFIO_IRQ_INFO_AUTOMASKED,
+  VFIO_IRQ_INFO_EVENTFD,
+  VFIO_IRQ_INFO_MASKABLE,
+  VFIO_IRQ_INFO_NORESIZE,
+  VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
+  VFIO_REGION_INFO_CAP_NVLINK2_LNKSPD,
+  VFIO_REGION_INFO_CAP_NVLINK2_SSATGT,
+  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+  VFIO_REGION_INFO_CAP_TYPE,
+  VFIO_REGION_INFO_FLAG_CAPS,
+  VFIO_REGION_INFO_FLAG_MMAP,
+  VFIO_REGION_INFO_FLAG_READ,
+  VFIO_REGION_INFO_FLAG_WRITE,
 } from '../uapi/vfio.js';
 
 const DEVICE_FLAGS = {
-  [VFIO_DEVICE_FLAGS_RESET]: 'reset', [VFIO_DEVICE_FLAGS_PCI]: 'pci', [VFIO_DEVICE_FLAGS_PLATFORM]: 'platform',
-  [VFIO_DEVICE_FLAGS_AMBA]: 'amba', [VFIO_DEVICE_FLAGS_CCW]: 'ccw', [VFIO_DEVICE_FLAGS_AP]: 'ap',
-  [VFIO_DEVICE_FLAGS_FSL_MC]: 'fsl-mc', [VFIO_DEVICE_FLAGS_CAPS]: 'caps', [VFIO_DEVICE_FLAGS_CDX]: 'cdx',
+  [VFIO_DEVICE_FLAGS_RESET]: 'reset',
+  [VFIO_DEVICE_FLAGS_PCI]: 'pci',
+  [VFIO_DEVICE_FLAGS_PLATFORM]: 'platform',
+  [VFIO_DEVICE_FLAGS_AMBA]: 'amba',
+  [VFIO_DEVICE_FLAGS_CCW]: 'ccw',
+  [VFIO_DEVICE_FLAGS_AP]: 'ap',
+  [VFIO_DEVICE_FLAGS_FSL_MC]: 'fsl-mc',
+  [VFIO_DEVICE_FLAGS_CAPS]: 'caps',
+  [VFIO_DEVICE_FLAGS_CDX]: 'cdx',
 };
 const DEVICE_CAPS: Readonly<Record<number, string>> = {
-  [VFIO_DEVICE_INFO_CAP_ZPCI_BASE]: 'zpci-base', [VFIO_DEVICE_INFO_CAP_ZPCI_GROUP]: 'zpci-group',
-  [VFIO_DEVICE_INFO_CAP_ZPCI_UTIL]: 'zpci-util', [VFIO_DEVICE_INFO_CAP_ZPCI_PFIP]: 'zpci-pfip',
+  [VFIO_DEVICE_INFO_CAP_ZPCI_BASE]: 'zpci-base',
+  [VFIO_DEVICE_INFO_CAP_ZPCI_GROUP]: 'zpci-group',
+  [VFIO_DEVICE_INFO_CAP_ZPCI_UTIL]: 'zpci-util',
+  [VFIO_DEVICE_INFO_CAP_ZPCI_PFIP]: 'zpci-pfip',
   [VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP]: 'pci-atomic-comp',
 };
 const REGION_FLAGS = {
-  [VFIO_REGION_INFO_FLAG_READ]: 'read', [VFIO_REGION_INFO_FLAG_WRITE]: 'write',
-  [VFIO_REGION_INFO_FLAG_MMAP]: 'mmap', [VFIO_REGION_INFO_FLAG_CAPS]: 'caps',
+  [VFIO_REGION_INFO_FLAG_READ]: 'read',
+  [VFIO_REGION_INFO_FLAG_WRITE]: 'write',
+  [VFIO_REGION_INFO_FLAG_MMAP]: 'mmap',
+  [VFIO_REGION_INFO_FLAG_CAPS]: 'caps',
 };
 const REGION_CAPS: Readonly<Record<number, string>> = {
-  [VFIO_REGION_INFO_CAP_SPARSE_MMAP]: 'sparse-mmap', [VFIO_REGION_INFO_CAP_TYPE]: 'type',
-  [VFIO_REGION_INFO_CAP_MSIX_MAPPABLE]: 'msix-mappable', [VFIO_REGION_INFO_CAP_NVLINK2_SSATGT]: 'nvlink2-ssatgt',
+  [VFIO_REGION_INFO_CAP_SPARSE_MMAP]: 'sparse-mmap',
+  [VFIO_REGION_INFO_CAP_TYPE]: 'type',
+  [VFIO_REGION_INFO_CAP_MSIX_MAPPABLE]: 'msix-mappable',
+  [VFIO_REGION_INFO_CAP_NVLINK2_SSATGT]: 'nvlink2-ssatgt',
   [VFIO_REGION_INFO_CAP_NVLINK2_LNKSPD]: 'nvlink2-lnkspd',
 };
 const IRQ_FLAGS = {
-  [VFIO_IRQ_INFO_EVENTFD]: 'eventfd', [VFIO_IRQ_INFO_MASKABLE]: 'maskable',
-  [VFIO_IRQ_INFO_AUTOMASKED]: 'automasked', [VFIO_IRQ_INFO_NORESIZE]: 'noresize',
+  [VFIO_IRQ_INFO_EVENTFD]: 'eventfd',
+  [VFIO_IRQ_INFO_MASKABLE]: 'maskable',
+  [VFIO_IRQ_INFO_AUTOMASKED]: 'automasked',
+  [VFIO_IRQ_INFO_NORESIZE]: 'noresize',
 };
 const IRQ_KINDS: readonly IrqKind[] = ['intx', 'msi', 'msix', 'err', 'req'];
 
@@ -138,7 +172,8 @@ Example:
     text += `  driver       ${report.driver}\n`;
     text += `  mode         ${details.mode} (${nodes.join(', ')})\n`;
     text += `  iommu group  ${group}\n`;
-    for (const m of report.groupMembers) text += `    ${m.address}  ${m.driver ?? '(no driver)'}${m.address === address ? '  (this device)' : ''}\n`;
+    for (const m of report.groupMembers)
+      text += `    ${m.address}  ${m.driver ?? '(no driver)'}${m.address === address ? '  (this device)' : ''}\n`;
     text += `  device       flags ${hex(d.flags)} [${flagNames(d.flags, DEVICE_FLAGS).join(', ')}], ${d.numRegions} regions, ${d.numIrqs} irq indexes`;
     text += d.capabilities.length === 0 ? '\n' : `, caps: ${d.capabilities.map((c) => capName(DEVICE_CAPS, c.id)).join(', ')}\n`;
     text += '\nregions:\n';

@@ -129,7 +129,12 @@ function usage(env: CliEnv, command: string | undefined, message: string): numbe
 function report(env: CliEnv, command: string, err: unknown): number {
   if (err instanceof UsageError) return usage(env, command, err.message);
   // A VfioError's message is already "syscall path: CODE (device ...: what to do)".
-  const message = err instanceof CliFailure || err instanceof VfioError ? err.message : err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  const message =
+    err instanceof CliFailure || err instanceof VfioError
+      ? err.message
+      : err instanceof Error
+        ? `${err.name}: ${err.message}`
+        : String(err);
   env.err(`vfio ${command}: ${oneLine(message)}\n`);
   return EXIT.failure;
 }

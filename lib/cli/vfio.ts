@@ -6,4 +6,7 @@ import { vfio } from '../index.js';
 import { realEnv } from './env.js';
 import { main } from './main.js';
 
-process.exitCode = main(process.argv.slice(2), realEnv(() => vfio));
+process.exitCode = main(
+  process.argv.slice(2),
+  realEnv(() => vfio),
+);

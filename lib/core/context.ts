@@ -20,10 +20,24 @@ import type { Fd } from '../libc/sys.js';
 import type { Device, DeviceInfo } from './device.js';
 import { closedError, usageError } from '../base/errors.js';
 import type { Sys } from '../libc/sys.js';
-import { chooseMode, deviceMachineProblem, deviceModeProblem, machineModeProblem, machinePreference, parseMode, type VfioMode } from '../host/mode.js';
+import {
+  chooseMode,
+  deviceMachineProblem,
+  deviceModeProblem,
+  machineModeProblem,
+  machinePreference,
+  parseMode,
+  type VfioMode,
+} from '../host/mode.js';
 import { DEFAULT_ROOTS, type Roots } from '../host/paths.js';
 import { parsePciAddress } from '../host/pci-address.js';
-import { describePciDevice, locatePciDevice, requireVfioManaged, type PciDeviceDescription, type PciDeviceLocation } from '../host/sysfs.js';
+import {
+  describePciDevice,
+  locatePciDevice,
+  requireVfioManaged,
+  type PciDeviceDescription,
+  type PciDeviceLocation,
+} from '../host/sysfs.js';
 
 export interface VfioOptions {
   /** The kernel: the real one (lib/libc/koffi-sys.ts) or a fake. */
@@ -128,8 +142,7 @@ export class Vfio implements Disposable {
   getDeviceInfo(address: string): DeviceInfo {
     this.checkOpen();
     const desc = this.locateManaged(address);
-    const holder =
-      this.deviceOwners.get(desc.address) ?? (desc.iommuGroup === null ? undefined : this.groupOwners.get(desc.iommuGroup));
+    const holder = this.deviceOwners.get(desc.address) ?? (desc.iommuGroup === null ? undefined : this.groupOwners.get(desc.iommuGroup));
     if (holder !== undefined) return holder.deviceInfo(desc);
     const mode = this.deviceMode(desc);
     const temporary = new Container(this.containerEnv(), mode);

@@ -17,14 +17,17 @@ import type { Fd, Sys } from '../libc/sys.js';
 import { teardown } from '../base/cleanup.js';
 import { ioctl } from '../uapi/ioctl.js';
 import * as codec from '../uapi/codec.js';
-import {
-  VFIO_DEVICE_FLAGS_CAPS,
-  VFIO_DEVICE_FLAGS_PCI,
-  VFIO_DEVICE_FLAGS_RESET,
-  vfio_device_info,
-} from '../uapi/vfio.js';
+import { VFIO_DEVICE_FLAGS_CAPS, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, vfio_device_info } from '../uapi/vfio.js';
 import type { Container } from './container/container.js';
-import { DeviceIo, type ConfigSpace, type HotResetInfo, type Irqs, type MapBarOptions, type Region, type RegionInfo } from '../device/index.js';
+import {
+  DeviceIo,
+  type ConfigSpace,
+  type HotResetInfo,
+  type Irqs,
+  type MapBarOptions,
+  type Region,
+  type RegionInfo,
+} from '../device/index.js';
 import type { DeviceBasics, DeviceHandle, DeviceMode } from '../device/handle.js';
 
 /** What VFIO_DEVICE_GET_INFO says about a device. */

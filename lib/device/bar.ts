@@ -27,10 +27,13 @@ export type MapBarOptions = Pick<OpenRegionOptions, 'offset' | 'size' | 'noMmap'
 export function mapBar(h: DeviceHandle, config: ConfigSpace, bar: number, opts: MapBarOptions = {}, onClose?: (r: Region) => void): Region {
   h.assertOpen();
   if (!Number.isInteger(bar) || bar < 0 || bar > 5) throw usageError('EINVAL', `BAR index ${bar} must be 0..5`, { device: h.address });
-  if ((h.info().flags & VFIO_DEVICE_FLAGS_PCI) === 0) throw usageError('ENOTSUP', 'the device is not a PCI device: it has no BARs', { device: h.address });
+  if ((h.info().flags & VFIO_DEVICE_FLAGS_PCI) === 0)
+    throw usageError('ENOTSUP', 'the device is not a PCI device: it has no BARs', { device: h.address });
   const info = regionInfo(h, VFIO_PCI_BAR0_REGION_INDEX + bar);
   if (info.size === 0) {
-    throw usageError('ENOENT', `BAR ${bar} is not implemented (size 0; the upper half of a 64-bit BAR also reads so)`, { device: h.address });
+    throw usageError('ENOENT', `BAR ${bar} is not implemented (size 0; the upper half of a 64-bit BAR also reads so)`, {
+      device: h.address,
+    });
   }
   const kind = config.bar(bar);
   if (kind.space === 'memory') config.setMemorySpace(true);

@@ -13,11 +13,40 @@ import { usageError } from '../base/errors.js';
 import { VFIO_DEVICE_FLAGS_PCI, VFIO_PCI_CONFIG_REGION_INDEX } from '../uapi/vfio.js';
 import { resourceClosed, type DeviceHandle } from './handle.js';
 import {
-  BAR_IO_SPACE, BAR_MEM_PREFETCH, BAR_MEM_TYPE_64, BAR_MEM_TYPE_MASK, CAP_ID, CFG_BAR0, CFG_CAPABILITY_LIST, CFG_CLASS_PROG,
-  CFG_COMMAND, CFG_DEVICE_ID, CFG_HEADER_TYPE, CFG_INTERRUPT_PIN, CFG_REVISION, CFG_STATUS, CFG_SUBSYSTEM_ID,
-  CFG_SUBSYSTEM_VENDOR_ID, CFG_VENDOR_ID, COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, COMMAND_IO_SPACE,
-  COMMAND_MEMORY_SPACE, CONVENTIONAL_CONFIG_SIZE, EXT_CAP_ID, EXT_CAP_START, EXT_CAP_TTL, MSIX_BIR_MASK, MSIX_CONTROL,
-  MSIX_CONTROL_ENABLE, MSIX_CONTROL_TABLE_SIZE, MSIX_ENTRY_SIZE, MSIX_PBA, MSIX_TABLE, STATUS_CAP_LIST, STD_CAP_FLOOR,
+  BAR_IO_SPACE,
+  BAR_MEM_PREFETCH,
+  BAR_MEM_TYPE_64,
+  BAR_MEM_TYPE_MASK,
+  CAP_ID,
+  CFG_BAR0,
+  CFG_CAPABILITY_LIST,
+  CFG_CLASS_PROG,
+  CFG_COMMAND,
+  CFG_DEVICE_ID,
+  CFG_HEADER_TYPE,
+  CFG_INTERRUPT_PIN,
+  CFG_REVISION,
+  CFG_STATUS,
+  CFG_SUBSYSTEM_ID,
+  CFG_SUBSYSTEM_VENDOR_ID,
+  CFG_VENDOR_ID,
+  COMMAND_BUS_MASTER,
+  COMMAND_INTX_DISABLE,
+  COMMAND_IO_SPACE,
+  COMMAND_MEMORY_SPACE,
+  CONVENTIONAL_CONFIG_SIZE,
+  EXT_CAP_ID,
+  EXT_CAP_START,
+  EXT_CAP_TTL,
+  MSIX_BIR_MASK,
+  MSIX_CONTROL,
+  MSIX_CONTROL_ENABLE,
+  MSIX_CONTROL_TABLE_SIZE,
+  MSIX_ENTRY_SIZE,
+  MSIX_PBA,
+  MSIX_TABLE,
+  STATUS_CAP_LIST,
+  STD_CAP_FLOOR,
   STD_CAP_TTL,
 } from './pci-regs.js';
 import { openRegion, type Region } from './region.js';
@@ -84,9 +113,7 @@ export interface BarKind {
 }
 
 const CAP_NAMES = new Map<number, CapabilityName>(Object.entries(CAP_ID).map(([k, v]) => [v, k as CapabilityName]));
-const EXT_CAP_NAMES = new Map<number, ExtendedCapabilityName>(
-  Object.entries(EXT_CAP_ID).map(([k, v]) => [v, k as ExtendedCapabilityName]),
-);
+const EXT_CAP_NAMES = new Map<number, ExtendedCapabilityName>(Object.entries(EXT_CAP_ID).map(([k, v]) => [v, k as ExtendedCapabilityName]));
 
 export class ConfigSpace implements Disposable {
   readonly #h: DeviceHandle;
@@ -178,7 +205,8 @@ export class ConfigSpace implements Disposable {
 
   /** What BAR `bar` (0..5) decodes, from its register. */
   bar(bar: number): BarKind {
-    if (!Number.isInteger(bar) || bar < 0 || bar > 5) throw usageError('EINVAL', `BAR index ${bar} must be 0..5`, { device: this.#h.address });
+    if (!Number.isInteger(bar) || bar < 0 || bar > 5)
+      throw usageError('EINVAL', `BAR index ${bar} must be 0..5`, { device: this.#h.address });
     const raw = this.read32(CFG_BAR0 + 4 * bar);
     if ((raw & BAR_IO_SPACE) !== 0) return { bar, space: 'io', is64: false, prefetchable: false };
     return {

@@ -48,7 +48,11 @@ export class DeviceIo implements Disposable {
    */
   mapRegion(index: number, opts: MapBarOptions = {}): Region {
     this.#assertOpen();
-    if (index >= VFIO_PCI_BAR0_REGION_INDEX && index <= VFIO_PCI_BAR5_REGION_INDEX && (this.#h.info().flags & VFIO_DEVICE_FLAGS_PCI) !== 0) {
+    if (
+      index >= VFIO_PCI_BAR0_REGION_INDEX &&
+      index <= VFIO_PCI_BAR5_REGION_INDEX &&
+      (this.#h.info().flags & VFIO_DEVICE_FLAGS_PCI) !== 0
+    ) {
       return this.mapBar(index - VFIO_PCI_BAR0_REGION_INDEX, opts);
     }
     return this.#track(openRegion(this.#h, regionInfo(this.#h, index), opts, this.#untrack));
@@ -143,7 +147,16 @@ export class DeviceIo implements Disposable {
 
 export type { DeviceBasics, DeviceHandle, DeviceMode } from './handle.js';
 export { ConfigSpace } from './config.js';
-export type { BarKind, Capability, CapabilityName, CommandFlags, DeviceIds, ExtendedCapability, ExtendedCapabilityName, MsixLayout } from './config.js';
+export type {
+  BarKind,
+  Capability,
+  CapabilityName,
+  CommandFlags,
+  DeviceIds,
+  ExtendedCapability,
+  ExtendedCapabilityName,
+  MsixLayout,
+} from './config.js';
 export { CAP_ID, EXT_CAP_ID } from './pci-regs.js';
 export { Irqs, IrqSet, IrqVector, IRQ_INDEX } from './irqs.js';
 export type { EnableOptions, IrqInfo, IrqKind, Unsubscribe, WaitOptions } from './irqs.js';

@@ -412,7 +412,11 @@ export class IrqSet implements Disposable {
     this.#assertEnabled();
     const v = Number.isInteger(n) ? this.#vectors[n - this.start] : undefined;
     if (v === undefined) {
-      throw usageError('EINVAL', `${LABEL[this.kind]} vector ${n} is not enabled (enabled: ${this.start}..${this.start + this.count - 1})`, { device: this.#h.address });
+      throw usageError(
+        'EINVAL',
+        `${LABEL[this.kind]} vector ${n} is not enabled (enabled: ${this.start}..${this.start + this.count - 1})`,
+        { device: this.#h.address },
+      );
     }
     return v;
   }
@@ -429,7 +433,15 @@ export class IrqSet implements Disposable {
   trigger(vector?: number): void {
     this.#assertEnabled();
     const [start, count] = vector === undefined ? [this.start, this.count] : [this.vector(vector).vector, 1];
-    setIrqs(this.#h, this.index, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, start, count, undefined, `trigger ${LABEL[this.kind]}`);
+    setIrqs(
+      this.#h,
+      this.index,
+      VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+      start,
+      count,
+      undefined,
+      `trigger ${LABEL[this.kind]}`,
+    );
   }
 
   /** Masks the interrupt (INTx only: vfio-pci cannot mask MSI/MSI-X). Errors: ENOTSUP not maskable. */
@@ -474,7 +486,10 @@ export class IrqSet implements Disposable {
 
   #maskAction(action: number, what: string): void {
     this.#assertEnabled();
-    if (!this.info.maskable) throw usageError('ENOTSUP', `${LABEL[this.kind]} cannot be ${what}ed through VFIO (only INTx is maskable)`, { device: this.#h.address });
+    if (!this.info.maskable)
+      throw usageError('ENOTSUP', `${LABEL[this.kind]} cannot be ${what}ed through VFIO (only INTx is maskable)`, {
+        device: this.#h.address,
+      });
     setIrqs(this.#h, this.index, VFIO_IRQ_SET_DATA_NONE | action, this.start, this.count, undefined, `${what} ${LABEL[this.kind]}`);
   }
 
@@ -512,11 +527,14 @@ export class Irqs implements Disposable {
   info(kind: IrqKind): IrqInfo {
     this.#assertOpen();
     const index = IRQ_INDEX[kind];
-    if (index === undefined) throw usageError('EINVAL', `unknown interrupt kind ${String(kind)} (intx, msi, msix, err, req)`, { device: this.#h.address });
+    if (index === undefined)
+      throw usageError('EINVAL', `unknown interrupt kind ${String(kind)} (intx, msi, msix, err, req)`, { device: this.#h.address });
     const cached = this.#info.get(kind);
     if (cached !== undefined) return cached;
     if (index >= this.#h.info().numIrqs) {
-      throw usageError('ENOTSUP', `the device has no ${LABEL[kind]} interrupt index (it has ${this.#h.info().numIrqs})`, { device: this.#h.address });
+      throw usageError('ENOTSUP', `the device has no ${LABEL[kind]} interrupt index (it has ${this.#h.info().numIrqs})`, {
+        device: this.#h.address,
+      });
     }
     const buf = new Uint8Array(vfio_irq_info.size);
     setField(INFO_ARGSZ, buf, vfio_irq_info.size);
@@ -526,7 +544,14 @@ export class Irqs implements Disposable {
     } catch (err) {
       // vfio-pci answers EINVAL for ERR on a device that is not PCI Express.
       if (err instanceof VfioError && err.code === 'EINVAL' && kind === 'err') {
-        throw new VfioError({ code: 'ENOTSUP', syscall: 'ioctl', request: 'VFIO_DEVICE_GET_IRQ_INFO', device: this.#h.address, detail: 'the device has no ERR interrupt (it is not PCI Express)', cause: err });
+        throw new VfioError({
+          code: 'ENOTSUP',
+          syscall: 'ioctl',
+          request: 'VFIO_DEVICE_GET_IRQ_INFO',
+          device: this.#h.address,
+          detail: 'the device has no ERR interrupt (it is not PCI Express)',
+          cause: err,
+        });
       }
       throw err;
     }
@@ -563,19 +588,30 @@ export class Irqs implements Disposable {
     if (info.count === 0) throw usageError('ENOTSUP', `the device has no ${label} vectors`, { device: h.address });
     if (!info.eventfd) throw usageError('ENOTSUP', `${label} cannot signal an eventfd`, { device: h.address });
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 1 || start + count > info.count) {
-      throw usageError('EINVAL', `${label} has ${info.count} vector(s) (0..${info.count - 1}): cannot enable ${count} from ${start}`, { device: h.address });
+      throw usageError('EINVAL', `${label} has ${info.count} vector(s) (0..${info.count - 1}): cannot enable ${count} from ${start}`, {
+        device: h.address,
+      });
     }
     const existing = this.#sets.get(kind);
     if (existing !== undefined) throw usageError('EBUSY', `${label} is already enabled: disable it first`, { device: h.address });
     if (EXCLUSIVE.has(kind)) {
       for (const other of this.#sets.keys()) {
-        if (EXCLUSIVE.has(other)) throw usageError('EBUSY', `${LABEL[other]} is enabled: disable it before enabling ${label}`, { device: h.address });
+        if (EXCLUSIVE.has(other))
+          throw usageError('EBUSY', `${LABEL[other]} is enabled: disable it before enabling ${label}`, { device: h.address });
       }
     }
     const fds: Fd[] = [];
     try {
       for (let i = 0; i < count; i++) fds.push(h.sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-      setIrqs(h, info.index, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, start, count, fds, `enable ${label} ${start}..${start + count - 1}`);
+      setIrqs(
+        h,
+        info.index,
+        VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+        start,
+        count,
+        fds,
+        `enable ${label} ${start}..${start + count - 1}`,
+      );
     } catch (err) {
       for (const fd of fds) {
         try {

@@ -133,8 +133,12 @@ function query(h: DeviceHandle, buf: Uint8Array, index: number): void {
   } catch (err) {
     if (err instanceof VfioError && err.code === 'EINVAL' && index === VFIO_PCI_VGA_REGION_INDEX) {
       throw new VfioError({
-        code: 'ENOENT', syscall: 'ioctl', request: 'VFIO_DEVICE_GET_REGION_INFO', device: h.address,
-        detail: 'the device has no VGA region', cause: err,
+        code: 'ENOENT',
+        syscall: 'ioctl',
+        request: 'VFIO_DEVICE_GET_REGION_INFO',
+        device: h.address,
+        detail: 'the device has no VGA region',
+        cause: err,
       });
     }
     throw err;
@@ -166,7 +170,12 @@ export function regionInfo(h: DeviceHandle, index: number): RegionInfo {
     const needed = getField(ARGSZ, buf);
     if ((flags & VFIO_REGION_INFO_FLAG_CAPS) === 0 || needed <= buf.byteLength) break;
     if (tries === 2) {
-      throw new VfioError({ code: 'EAGAIN', device: h.address, request: 'VFIO_DEVICE_GET_REGION_INFO', detail: 'the capability chain kept growing' });
+      throw new VfioError({
+        code: 'EAGAIN',
+        device: h.address,
+        request: 'VFIO_DEVICE_GET_REGION_INFO',
+        detail: 'the capability chain kept growing',
+      });
     }
     buf = alloc(vfio_region_info, { argsz: needed, index }, needed - vfio_region_info.size);
     query(h, buf, index);
@@ -203,7 +212,13 @@ function decode(h: DeviceHandle, buf: Uint8Array, index: number): RegionInfo {
       // The codec throws RangeError for a chain that points outside the buffer
       // or backwards: that is the kernel's (or fake's) answer being malformed.
       if (err instanceof RangeError) {
-        throw new VfioError({ code: 'EIO', device: h.address, request: 'VFIO_DEVICE_GET_REGION_INFO', detail: `malformed capability chain: ${err.message}`, cause: err });
+        throw new VfioError({
+          code: 'EIO',
+          device: h.address,
+          request: 'VFIO_DEVICE_GET_REGION_INFO',
+          detail: `malformed capability chain: ${err.message}`,
+          cause: err,
+        });
       }
       throw err;
     }
@@ -236,7 +251,9 @@ function sparse(h: DeviceHandle, buf: Uint8Array, at: number, regionSize: number
     const size = safeNumber(Number(a.size), () => a.size, 'sparse area size', h);
     if (offset + size > regionSize) {
       throw new VfioError({
-        code: 'EIO', device: h.address, request: 'VFIO_DEVICE_GET_REGION_INFO',
+        code: 'EIO',
+        device: h.address,
+        request: 'VFIO_DEVICE_GET_REGION_INFO',
         detail: `sparse mmap area [${offset}, ${offset + size}) lies outside the ${regionSize}-byte region`,
       });
     }
@@ -263,4 +280,3 @@ export function allRegionInfo(h: DeviceHandle): RegionInfo[] {
   }
   return out;
 }
-

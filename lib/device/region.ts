@@ -157,7 +157,10 @@ function subtract(areas: readonly RegionArea[], holes: readonly RegionArea[]): R
 function mappablePieces(info: RegionInfo, opts: OpenRegionOptions, lo: number, hi: number, page: number): { start: number; end: number }[] {
   if (!info.mappable || opts.noMmap) return [];
   const base = info.sparseAreas ?? [{ offset: 0, size: info.size }];
-  const holes = (opts.exclude ?? []).map((x) => ({ offset: alignDown(x.offset, page), size: alignUp(x.offset + x.size, page) - alignDown(x.offset, page) }));
+  const holes = (opts.exclude ?? []).map((x) => ({
+    offset: alignDown(x.offset, page),
+    size: alignUp(x.offset + x.size, page) - alignDown(x.offset, page),
+  }));
   const pieces: { start: number; end: number }[] = [];
   for (const a of subtract(base, holes)) {
     const allowedStart = alignUp(a.offset, page);
@@ -194,7 +197,14 @@ export class Region implements Disposable {
   readonly #scratch = Buffer.alloc(8);
 
   /** Only for MappedRegion: openRegion builds every Region. */
-  protected constructor(h: DeviceHandle, info: RegionInfo, offset: number, size: number, segments: Segment[], onClose: ((r: Region) => void) | undefined) {
+  protected constructor(
+    h: DeviceHandle,
+    info: RegionInfo,
+    offset: number,
+    size: number,
+    segments: Segment[],
+    onClose: ((r: Region) => void) | undefined,
+  ) {
     this.#h = h;
     this.info = info;
     this.offset = offset;
@@ -211,7 +221,14 @@ export class Region implements Disposable {
    * mapping (its bias, range offset 0's byte in the views, is a multiple of
    * 8: openRegion takes 8-aligned offsets and mappings start on pages).
    */
-  static [CREATE](h: DeviceHandle, info: RegionInfo, offset: number, size: number, segments: Segment[], onClose?: (r: Region) => void): Region {
+  static [CREATE](
+    h: DeviceHandle,
+    info: RegionInfo,
+    offset: number,
+    size: number,
+    segments: Segment[],
+    onClose?: (r: Region) => void,
+  ): Region {
     const lead = segments[0];
     return lead !== undefined && lead.kind === 'mmap' && lead.start === 0 && lead.bias % 8 === 0
       ? new MappedRegion(h, info, offset, size, segments, onClose, lead)
@@ -336,10 +353,15 @@ export class Region implements Disposable {
     // Typed arrays cannot be made read-only, and a store into a PROT_READ
     // mapping is SIGSEGV: views exist only for read-write regions.
     if (!this.info.readable || !this.info.writable) this.#denied(!this.info.writable);
-    if (offset % 8 !== 0) throw usageError('EINVAL', `views offset 0x${offset.toString(16)} is not 8-byte aligned`, { device: this.#h.address });
+    if (offset % 8 !== 0)
+      throw usageError('EINVAL', `views offset 0x${offset.toString(16)} is not 8-byte aligned`, { device: this.#h.address });
     const s = this.#segments.find((x) => x.start <= offset && offset < x.end);
     if (s === undefined || s.kind !== 'mmap' || offset + length > s.end) {
-      throw usageError('ENOTSUP', `[0x${offset.toString(16)}, 0x${(offset + length).toString(16)}) of ${this.info.name} is not mmap'd in one piece: use the accessors`, { device: this.#h.address });
+      throw usageError(
+        'ENOTSUP',
+        `[0x${offset.toString(16)}, 0x${(offset + length).toString(16)}) of ${this.info.name} is not mmap'd in one piece: use the accessors`,
+        { device: this.#h.address },
+      );
     }
     return { offset, ...viewsOver(s.u8.buffer, s.u8.byteOffset + s.bias + offset, length) };
   }
@@ -410,7 +432,9 @@ export class Region implements Disposable {
     // A store to a PROT_READ mapping would be SIGSEGV: refuse it here.
     if (write ? !this.info.writable : !this.info.readable) this.#denied(write);
     if (!Number.isInteger(offset) || offset < 0 || offset + width > this.size) {
-      throw usageError('EINVAL', `offset ${offset} + ${width} is outside the ${this.size}-byte range of ${this.info.name}`, { device: this.#h.address });
+      throw usageError('EINVAL', `offset ${offset} + ${width} is outside the ${this.size}-byte range of ${this.info.name}`, {
+        device: this.#h.address,
+      });
     }
     if (offset % width !== 0) {
       throw usageError('EINVAL', `offset 0x${offset.toString(16)} is not ${width}-byte aligned`, { device: this.#h.address });
@@ -432,7 +456,9 @@ export class Region implements Disposable {
     if (this.#closed) throw resourceClosed(this.#h, `${this.info.name} mapping`);
     if (write !== null && (write ? !this.info.writable : !this.info.readable)) this.#denied(write);
     if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw usageError('EINVAL', `[${offset}, ${offset}+${length}) is outside the ${this.size}-byte range of ${this.info.name}`, { device: this.#h.address });
+      throw usageError('EINVAL', `[${offset}, ${offset}+${length}) is outside the ${this.size}-byte range of ${this.info.name}`, {
+        device: this.#h.address,
+      });
     }
   }
 
@@ -500,10 +526,17 @@ export class Region implements Disposable {
       try {
         n = write ? h.sys.pwrite(h.fd, part, where + BigInt(done)) : h.sys.pread(h.fd, part, where + BigInt(done));
       } catch (err) {
-        throw err instanceof VfioError ? err.annotate({ device: h.address, detail: `${info.name} + 0x${(this.offset + offset + done).toString(16)}` }) : err;
+        throw err instanceof VfioError
+          ? err.annotate({ device: h.address, detail: `${info.name} + 0x${(this.offset + offset + done).toString(16)}` })
+          : err;
       }
       if (n <= 0) {
-        throw new VfioError({ code: 'EIO', syscall: write ? 'pwrite' : 'pread', device: h.address, detail: `${info.name} + 0x${(this.offset + offset + done).toString(16)}: no progress` });
+        throw new VfioError({
+          code: 'EIO',
+          syscall: write ? 'pwrite' : 'pread',
+          device: h.address,
+          detail: `${info.name} + 0x${(this.offset + offset + done).toString(16)}: no progress`,
+        });
       }
       done += n;
     }
@@ -546,7 +579,15 @@ class MappedRegion extends Region {
   #w32: Uint32Array = EMPTY.u32;
   #w64: BigUint64Array = EMPTY.u64;
 
-  constructor(h: DeviceHandle, info: RegionInfo, offset: number, size: number, segments: Segment[], onClose: ((r: Region) => void) | undefined, lead: MappedSegment) {
+  constructor(
+    h: DeviceHandle,
+    info: RegionInfo,
+    offset: number,
+    size: number,
+    segments: Segment[],
+    onClose: ((r: Region) => void) | undefined,
+    lead: MappedSegment,
+  ) {
     super(h, info, offset, size, segments, onClose);
     // SAFETY: inside lead's mapping, which lives until close() has emptied these views.
     const v = viewsOver(lead.u8.buffer, lead.u8.byteOffset + lead.bias, lead.end);
@@ -642,7 +683,9 @@ export function openRegion(h: DeviceHandle, info: RegionInfo, opts: OpenRegionOp
   if (info.size === 0) throw usageError('ENOENT', `${info.name} is not implemented by the device (size 0)`, { device: h.address });
   const lo = opts.offset ?? 0;
   if (!Number.isSafeInteger(lo) || lo < 0 || lo >= info.size || lo % 8 !== 0) {
-    throw usageError('EINVAL', `range offset ${lo} must be a multiple of 8 inside the ${info.size}-byte ${info.name}`, { device: h.address });
+    throw usageError('EINVAL', `range offset ${lo} must be a multiple of 8 inside the ${info.size}-byte ${info.name}`, {
+      device: h.address,
+    });
   }
   const size = opts.size ?? info.size - lo;
   if (!Number.isSafeInteger(size) || size <= 0 || lo + size > info.size) {
@@ -665,12 +708,22 @@ export function openRegion(h: DeviceHandle, info: RegionInfo, opts: OpenRegionOp
       try {
         addr = h.sys.mmap(length, prot, MAP_SHARED, h.fd, info.fdOffset + BigInt(mapStart));
       } catch (err) {
-        throw err instanceof VfioError ? err.annotate({ device: h.address, detail: `mapping ${info.name} [0x${mapStart.toString(16)}, +0x${length.toString(16)})` }) : err;
+        throw err instanceof VfioError
+          ? err.annotate({ device: h.address, detail: `mapping ${info.name} [0x${mapStart.toString(16)}, +0x${length.toString(16)})` })
+          : err;
       }
       // SAFETY: the mapping stays alive until Region.close() unmaps it, and
       // close() sets the guard every accessor checks before doing so.
       const u8 = h.sys.view(addr, length);
-      const seg: MappedSegment = { kind: 'mmap', start: start - lo, end: end - lo, addr, length, bias: lo - mapStart, ...viewsOver(u8.buffer, u8.byteOffset, length) };
+      const seg: MappedSegment = {
+        kind: 'mmap',
+        start: start - lo,
+        end: end - lo,
+        addr,
+        length,
+        bias: lo - mapStart,
+        ...viewsOver(u8.buffer, u8.byteOffset, length),
+      };
       segments.push(seg);
       at = end;
     }

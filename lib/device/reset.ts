@@ -76,7 +76,9 @@ function pciAddress(segment: number, bus: number, devfn: number): string {
 export function resetDevice(h: DeviceHandle): void {
   h.assertOpen();
   if ((h.info().flags & VFIO_DEVICE_FLAGS_RESET) === 0) {
-    throw usageError('ENOTSUP', 'the device does not support a function reset (VFIO_DEVICE_FLAGS_RESET is not set): try a hot reset', { device: h.address });
+    throw usageError('ENOTSUP', 'the device does not support a function reset (VFIO_DEVICE_FLAGS_RESET is not set): try a hot reset', {
+      device: h.address,
+    });
   }
   deviceIoctlInt(h, 'VFIO_DEVICE_RESET', 0);
 }
@@ -107,13 +109,23 @@ export function hotResetInfo(h: DeviceHandle): HotResetInfo {
     }
     return decodeInfo(h, buf, room);
   }
-  throw new VfioError({ code: 'EAGAIN', device: h.address, request: 'VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', detail: 'the set of affected devices kept changing' });
+  throw new VfioError({
+    code: 'EAGAIN',
+    device: h.address,
+    request: 'VFIO_DEVICE_GET_PCI_HOT_RESET_INFO',
+    detail: 'the set of affected devices kept changing',
+  });
 }
 
 function decodeInfo(h: DeviceHandle, buf: Buffer, room: number): HotResetInfo {
   const hdr = read(vfio_pci_hot_reset_info, buf);
   if (hdr.count > room) {
-    throw new VfioError({ code: 'EIO', device: h.address, request: 'VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', detail: `kernel reported ${hdr.count} devices in room for ${room}` });
+    throw new VfioError({
+      code: 'EIO',
+      device: h.address,
+      request: 'VFIO_DEVICE_GET_PCI_HOT_RESET_INFO',
+      detail: `kernel reported ${hdr.count} devices in room for ${room}`,
+    });
   }
   const byDevid = (hdr.flags & VFIO_PCI_HOT_RESET_FLAG_DEV_ID) !== 0;
   const devices: DependentDevice[] = [];
@@ -149,7 +161,11 @@ export function hotReset(h: DeviceHandle): void {
   if (h.mode === 'cdev') {
     const foreign = info.devices.filter((d) => d.owned === false);
     if (info.byDevid && (foreign.length > 0 || info.allOwned === false)) {
-      throw usageError('EPERM', `a hot reset would also reset ${foreign.map((d) => d.address).join(', ') || 'devices'} not bound to this iommufd`, { device: h.address });
+      throw usageError(
+        'EPERM',
+        `a hot reset would also reset ${foreign.map((d) => d.address).join(', ') || 'devices'} not bound to this iommufd`,
+        { device: h.address },
+      );
     }
     // The zero-length group-fd array: the kernel checks ownership through
     // the iommufd the device is bound to.
@@ -160,7 +176,11 @@ export function hotReset(h: DeviceHandle): void {
       if (d.groupId === null || groups.has(d.groupId)) continue;
       const fd = h.groupFd(d.groupId);
       if (fd === null) {
-        throw usageError('EPERM', `a hot reset would also reset ${d.address} in IOMMU group ${d.groupId}, which this process has not opened`, { device: h.address });
+        throw usageError(
+          'EPERM',
+          `a hot reset would also reset ${d.address} in IOMMU group ${d.groupId}, which this process has not opened`,
+          { device: h.address },
+        );
       }
       groups.set(d.groupId, fd);
     }

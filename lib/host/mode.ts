@@ -21,14 +21,7 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { usageError, VfioError } from '../base/errors.js';
-import {
-  iommufdNode,
-  noiommuParameter,
-  type1ModuleDir,
-  vfioCdevDir,
-  vfioContainerNode,
-  type Roots,
-} from './paths.js';
+import { iommufdNode, noiommuParameter, type1ModuleDir, vfioCdevDir, vfioContainerNode, type Roots } from './paths.js';
 import type { PciDeviceLocation } from './sysfs.js';
 
 export type VfioMode = 'cdev' | 'group' | 'noiommu';
@@ -99,7 +92,9 @@ export function deviceModeProblem(desc: PciDeviceLocation, mode: VfioMode): stri
     case 'cdev':
       return (
         inNoiommuGroup ??
-        (desc.cdevNode === null ? 'the device has no vfio-dev cdev node (kernel without CONFIG_VFIO_DEVICE_CDEV, or not bound to vfio-pci)' : null)
+        (desc.cdevNode === null
+          ? 'the device has no vfio-dev cdev node (kernel without CONFIG_VFIO_DEVICE_CDEV, or not bound to vfio-pci)'
+          : null)
       );
     case 'group':
       return (
@@ -108,7 +103,10 @@ export function deviceModeProblem(desc: PciDeviceLocation, mode: VfioMode): stri
         (desc.groupNode === null ? `/dev/vfio/${desc.iommuGroup} does not exist (is the device bound to vfio-pci?)` : null)
       );
     case 'noiommu':
-      return noGroup ?? (!desc.noiommu ? `the device's group ${desc.iommuGroup} has an IOMMU (no-IOMMU mode is only for devices without one)` : null);
+      return (
+        noGroup ??
+        (!desc.noiommu ? `the device's group ${desc.iommuGroup} has an IOMMU (no-IOMMU mode is only for devices without one)` : null)
+      );
   }
 }
 

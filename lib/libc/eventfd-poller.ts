@@ -19,7 +19,18 @@
 //   poll was in flight are dropped, because watches are matched by identity,
 //   not by fd number.
 import { VfioError } from '../base/errors.js';
-import { EFD_CLOEXEC, EFD_NONBLOCK, POLLERR, POLLHUP, POLLIN, POLLNVAL, type EventfdWatch, type EventfdWatcher, type Fd, type Sys } from './sys.js';
+import {
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  POLLERR,
+  POLLHUP,
+  POLLIN,
+  POLLNVAL,
+  type EventfdWatch,
+  type EventfdWatcher,
+  type Fd,
+  type Sys,
+} from './sys.js';
 
 const pollers = new WeakMap<Sys, EventfdPoller>();
 
@@ -166,7 +177,8 @@ export class EventfdPoller {
           if (r === 0 || this.#watches.get(fd) !== w) return;
           let count: number;
           try {
-            if ((r & POLLNVAL) !== 0) throw new VfioError({ code: 'EBADF', syscall: 'poll', detail: `eventfd ${fd} was closed while watched` });
+            if ((r & POLLNVAL) !== 0)
+              throw new VfioError({ code: 'EBADF', syscall: 'poll', detail: `eventfd ${fd} was closed while watched` });
             if ((r & (POLLIN | POLLERR | POLLHUP)) === 0) return;
             count = readEventfdCount(this.#sys, fd, this.#counter);
           } catch (err) {

@@ -141,7 +141,10 @@ export function watchOnEventLoop(sys: Sys, fd: Fd, w: EventfdWatch): EventfdWatc
     if (closed) return;
     if (nread < 0) {
       // An eventfd never reads as end of file; any error ends the watch.
-      const err = nread === UV_EOF ? new VfioError({ code: 'EIO', syscall: 'read', detail: `eventfd ${fd} read as end of file` }) : uvError(nread, 'read', `watching eventfd ${fd} failed`);
+      const err =
+        nread === UV_EOF
+          ? new VfioError({ code: 'EIO', syscall: 'read', detail: `eventfd ${fd} read as end of file` })
+          : uvError(nread, 'read', `watching eventfd ${fd} failed`);
       close();
       deliver(() => w.onError(err));
       return;

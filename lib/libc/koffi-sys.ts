@@ -143,7 +143,8 @@ function layoutMsg(addr: bigint, bytes: Buffer, dataLength: number, controlLengt
 }
 
 function checkFdCount(syscall: string, n: number): void {
-  if (!Number.isSafeInteger(n) || n < 0 || n > SCM_MAX_FD) throw sysError(syscall, 'EINVAL', { detail: `${n} fds (at most ${SCM_MAX_FD})` });
+  if (!Number.isSafeInteger(n) || n < 0 || n > SCM_MAX_FD)
+    throw sysError(syscall, 'EINVAL', { detail: `${n} fds (at most ${SCM_MAX_FD})` });
 }
 
 /**

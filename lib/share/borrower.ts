@@ -131,7 +131,14 @@ export class Borrower {
     const vaddr = sys.mmap(grant.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, memfd, 0n);
     fds.adopt(grant.memfd.slot);
     // SAFETY: the mapping holds the file; the buffer unmaps it in free().
-    const buf = new DmaBuffer(sys, new LentBufferOwner(`buffer "${grant.name}" lent by ${this.lender}`, this.buffers), vaddr, grant.size, -1, grant.hugepages);
+    const buf = new DmaBuffer(
+      sys,
+      new LentBufferOwner(`buffer "${grant.name}" lent by ${this.lender}`, this.buffers),
+      vaddr,
+      grant.size,
+      -1,
+      grant.hugepages,
+    );
     this.buffers.add(buf);
     buf.setIova(grant.iova);
     // After the buffer owns the mapping: a failing close still frees the fd.

@@ -12,16 +12,7 @@
 //   never a SIGPIPE that kills the process.
 // - Every received fd is close-on-exec (MSG_CMSG_CLOEXEC).
 import { VfioError, usageError } from '../base/errors.js';
-import {
-  MSG_CMSG_CLOEXEC,
-  MSG_CTRUNC,
-  MSG_DONTWAIT,
-  MSG_NOSIGNAL,
-  MSG_TRUNC,
-  POLLIN,
-  type Fd,
-  type Sys,
-} from '../libc/sys.js';
+import { MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL, MSG_TRUNC, POLLIN, type Fd, type Sys } from '../libc/sys.js';
 import { FdSlots, MAX_MESSAGE_BYTES, MAX_MESSAGE_FDS, PROTOCOL, PROTOCOL_VERSION, isObject, protocolError, type Json } from './protocol.js';
 
 /** A received message: its JSON and the fds it carried (owned by the caller). */
@@ -61,8 +52,10 @@ export class Channel {
    */
   send(msg: Json, fds: readonly Fd[] = []): void {
     const bytes = Buffer.from(JSON.stringify({ protocol: PROTOCOL, version: PROTOCOL_VERSION, ...msg }));
-    if (bytes.length > MAX_MESSAGE_BYTES) throw usageError('EMSGSIZE', `a ${bytes.length}-byte vfio-share message (at most ${MAX_MESSAGE_BYTES})`);
-    if (fds.length > MAX_MESSAGE_FDS) throw usageError('EMSGSIZE', `${fds.length} fds in one vfio-share message (at most ${MAX_MESSAGE_FDS})`);
+    if (bytes.length > MAX_MESSAGE_BYTES)
+      throw usageError('EMSGSIZE', `a ${bytes.length}-byte vfio-share message (at most ${MAX_MESSAGE_BYTES})`);
+    if (fds.length > MAX_MESSAGE_FDS)
+      throw usageError('EMSGSIZE', `${fds.length} fds in one vfio-share message (at most ${MAX_MESSAGE_FDS})`);
     this.sys.sendmsg(this.fd, bytes, fds, MSG_NOSIGNAL | MSG_DONTWAIT);
   }
 

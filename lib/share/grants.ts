@@ -160,7 +160,8 @@ export function decodeDevice(v: unknown, fds: FdSlots, mode: ContainerGrant['mod
   const address = str(o, 'address', 'device');
   if (!PCI_ADDRESS.test(address)) throw protocolError(`device.address ${JSON.stringify(address)} is not a canonical PCI address`);
   const devId = intOrNull(o, 'devId', 'device');
-  if ((mode === 'cdev') !== (devId !== null)) throw protocolError(`device.devId must be ${mode === 'cdev' ? 'set' : 'null'} in ${mode} mode`);
+  if ((mode === 'cdev') !== (devId !== null))
+    throw protocolError(`device.devId must be ${mode === 'cdev' ? 'set' : 'null'} in ${mode} mode`);
   const groupSlot = intOrNull(o, 'groupFd', 'device');
   if (mode === 'cdev' && groupSlot !== null) throw protocolError('device.groupFd must be null in cdev mode');
   return {
@@ -190,6 +191,7 @@ export function decodeWindow(v: unknown): WindowGrant {
   const last = big(o, 'last', 'window');
   const granule = big(o, 'granule', 'window');
   if (granule === 0n || (granule & (granule - 1n)) !== 0n) throw protocolError(`window.granule ${granule} is not a power of two`);
-  if (last < start || start % granule !== 0n || (last + 1n) % granule !== 0n) throw protocolError('window is empty or not aligned to its granule');
+  if (last < start || start % granule !== 0n || (last + 1n) % granule !== 0n)
+    throw protocolError('window is empty or not aligned to its granule');
   return { start, last, granule };
 }

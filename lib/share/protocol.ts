@@ -159,7 +159,8 @@ export class FdSlots {
   /** The fd in slot `index` (still owned here). */
   fd(index: number, what: string): Fd {
     const fd = this.fds[index];
-    if (!Number.isSafeInteger(index) || fd === undefined) throw protocolError(`${what} names fd slot ${index}, the message carries ${this.fds.length}`);
+    if (!Number.isSafeInteger(index) || fd === undefined)
+      throw protocolError(`${what} names fd slot ${index}, the message carries ${this.fds.length}`);
     if (this.adopted.has(index)) throw protocolError(`${what} names fd slot ${index} twice`);
     return fd;
   }

@@ -206,11 +206,18 @@ export class Secondary implements Disposable {
    *   ENOTSUP no-IOMMU mode (DMA uses physical addresses, no window needed);
    *   ENOSPC no room; ECONNRESET/ETIMEDOUT/EPROTO; ECLOSED.
    */
-  reserveIova(container: Container, size: number | bigint, opts: { readonly dmaLimit?: bigint; readonly align?: bigint } = {}): Promise<IovaRange> {
+  reserveIova(
+    container: Container,
+    size: number | bigint,
+    opts: { readonly dmaLimit?: bigint; readonly align?: bigint } = {},
+  ): Promise<IovaRange> {
     const index = this.borrower.indexOf(container);
-    if (index === undefined || container.closed) return Promise.reject(usageError('EINVAL', `${container.label} was not lent by ${this.channel.peer}`));
+    if (index === undefined || container.closed)
+      return Promise.reject(usageError('EINVAL', `${container.label} was not lent by ${this.channel.peer}`));
     if (container.dmaMode === 'identity') {
-      return Promise.reject(usageError('ENOTSUP', `${container.label} is in no-IOMMU mode: DMA uses physical addresses, there is no IOVA space to reserve`));
+      return Promise.reject(
+        usageError('ENOTSUP', `${container.label} is in no-IOMMU mode: DMA uses physical addresses, there is no IOVA space to reserve`),
+      );
     }
     let bytes: bigint;
     try {
@@ -319,7 +326,10 @@ export class Secondary implements Disposable {
       try {
         const mismatch =
           msg['version'] !== PROTOCOL_VERSION
-            ? usageError('EPROTONOSUPPORT', `${this.channel.peer} speaks vfio-share version ${String(msg['version'])}, this secondary version ${PROTOCOL_VERSION}`)
+            ? usageError(
+                'EPROTONOSUPPORT',
+                `${this.channel.peer} speaks vfio-share version ${String(msg['version'])}, this secondary version ${PROTOCOL_VERSION}`,
+              )
             : msg['id'] !== id
               ? protocolError(`answer ${String(msg['id'])} to request ${id}`)
               : msg['ok'] !== true && msg['ok'] !== false

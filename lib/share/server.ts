@@ -21,32 +21,12 @@ import { teardown, withUnwind } from '../base/cleanup.js';
 import type { Container } from '../core/container/container.js';
 import type { DmaBuffer } from '../core/dma.js';
 import { usageError, VfioError } from '../base/errors.js';
-import {
-  AF_UNIX,
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
-  POLLIN,
-  SOCK_CLOEXEC,
-  SOCK_NONBLOCK,
-  SOCK_SEQPACKET,
-  type Fd,
-  type Sys,
-} from '../libc/sys.js';
+import { AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, POLLIN, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_SEQPACKET, type Fd, type Sys } from '../libc/sys.js';
 import { canonicalPciAddress } from '../host/pci-address.js';
 import { Channel, type Incoming } from './channel.js';
 import { encodeBuffer, encodeContainer, encodeDevice, encodeWindow } from './grants.js';
 import { Lease } from './lease.js';
-import {
-  PROTOCOL_VERSION,
-  OutgoingFds,
-  big,
-  bigOrUndefined,
-  int,
-  protocolError,
-  str,
-  wireError,
-  type Json,
-} from './protocol.js';
+import { PROTOCOL_VERSION, OutgoingFds, big, bigOrUndefined, int, protocolError, str, wireError, type Json } from './protocol.js';
 
 export interface ShareServerOptions {
   /** The containers secondaries may use; a secondary names them by index (0, 1, ...). */
@@ -106,7 +86,8 @@ export class ShareServer implements AsyncDisposable {
     if (first === undefined) throw usageError('EINVAL', 'ShareServer.listen needs at least one container to serve');
     const sys = first.kernelEnv.sys;
     for (const c of containers) {
-      if (c.closed || c.borrowed) throw usageError('EINVAL', `${c.label} is ${c.closed ? 'closed' : 'borrowed'}: only a container of this process can be served`);
+      if (c.closed || c.borrowed)
+        throw usageError('EINVAL', `${c.label} is ${c.closed ? 'closed' : 'borrowed'}: only a container of this process can be served`);
       if (c.kernelEnv.sys !== sys) throw usageError('EINVAL', 'the containers served together must come from one Vfio context');
     }
     if (new Set(containers).size !== containers.length) throw usageError('EINVAL', 'a container is listed twice');
@@ -152,12 +133,14 @@ export class ShareServer implements AsyncDisposable {
    */
   shareBuffer(name: string, buf: DmaBuffer): void {
     if (this.closing) throw usageError('ECLOSED', `the share server at ${this.path} is closed`);
-    if (typeof name !== 'string' || name.length === 0 || name.length > 255) throw usageError('EINVAL', 'a shared buffer name is 1 to 255 characters');
+    if (typeof name !== 'string' || name.length === 0 || name.length > 255)
+      throw usageError('EINVAL', 'a shared buffer name is 1 to 255 characters');
     const existing = this.shared.get(name);
     if (existing?.live) throw usageError('EEXIST', `a buffer is already shared as "${name}"`);
     if (!buf.shareable) throw usageError('EINVAL', `buffer "${name}" is not shareable: allocate it with { shareable: true }`);
     buf.iova; // EINVAL when not mapped, ECLOSED when freed
-    if (!this.containers.some((c) => c.ownsBuffer(buf))) throw usageError('EINVAL', `buffer "${name}" is not in a container this server serves`);
+    if (!this.containers.some((c) => c.ownsBuffer(buf)))
+      throw usageError('EINVAL', `buffer "${name}" is not in a container this server serves`);
     this.shared.set(name, buf);
   }
 
@@ -201,7 +184,11 @@ export class ShareServer implements AsyncDisposable {
       while (!this.closing) {
         const conns = [...this.conns];
         const revents = await this.sys.pollAsync(
-          [{ fd: this.stopFd, events: POLLIN }, { fd: this.listenFd, events: POLLIN }, ...conns.map((c) => ({ fd: c.channel.fd, events: POLLIN }))],
+          [
+            { fd: this.stopFd, events: POLLIN },
+            { fd: this.listenFd, events: POLLIN },
+            ...conns.map((c) => ({ fd: c.channel.fd, events: POLLIN })),
+          ],
           -1,
         );
         if (this.closing) break;

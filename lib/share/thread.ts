@@ -34,7 +34,16 @@ import { closedError, usageError } from '../base/errors.js';
 import type { Fd } from '../libc/sys.js';
 import { canonicalPciAddress } from '../host/pci-address.js';
 import { Borrower } from './borrower.js';
-import { decodeBuffer, decodeContainer, decodeDevice, decodeWindow, encodeBuffer, encodeContainer, encodeDevice, encodeWindow } from './grants.js';
+import {
+  decodeBuffer,
+  decodeContainer,
+  decodeDevice,
+  decodeWindow,
+  encodeBuffer,
+  encodeContainer,
+  encodeDevice,
+  encodeWindow,
+} from './grants.js';
 import { Lease } from './lease.js';
 import {
   FdSlots,
@@ -218,7 +227,10 @@ export function adoptFromThread(v: Vfio, ticket: unknown): ThreadBorrow {
   try {
     if (t['protocol'] !== PROTOCOL) throw protocolError('not a vfio-share ticket');
     if (t['version'] !== PROTOCOL_VERSION) {
-      throw usageError('EPROTONOSUPPORT', `a vfio-share ticket of version ${String(t['version'])}, this thread speaks version ${PROTOCOL_VERSION}`);
+      throw usageError(
+        'EPROTONOSUPPORT',
+        `a vfio-share ticket of version ${String(t['version'])}, this thread speaks version ${PROTOCOL_VERSION}`,
+      );
     }
     if (v.closed) throw closedError('the Vfio context');
     const borrower = new Borrower(v, 'the thread that lent it');

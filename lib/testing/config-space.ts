@@ -4,13 +4,7 @@
 // are writable; BAR registers are virtualized, so writing all ones and
 // reading back gives the size mask (BAR sizing) and never moves the real BAR;
 // bytes outside the header and every capability are passed through raw.
-import {
-  PCI_CAP_ID_EXP,
-  PCI_CAP_ID_MSI,
-  PCI_CAP_ID_MSIX,
-  PCI_CFG_SIZE,
-  type PciDeviceDescription,
-} from './pci-spec.js';
+import { PCI_CAP_ID_EXP, PCI_CAP_ID_MSI, PCI_CAP_ID_MSIX, PCI_CFG_SIZE, type PciDeviceDescription } from './pci-spec.js';
 
 export const PCI_COMMAND = 0x04;
 export const PCI_COMMAND_IO = 0x1;
@@ -42,7 +36,8 @@ export class ConfigSpace {
 
   constructor(
     private readonly desc: PciDeviceDescription,
-    private readonly bars: readonly BarLayout[],readonly romAddress: bigint | null,
+    private readonly bars: readonly BarLayout[],
+    readonly romAddress: bigint | null,
   ) {
     this.bytes = desc.config.slice();
     this.dv = new DataView(this.bytes.buffer);

@@ -175,7 +175,13 @@ export class Type1 implements IommuDriver, DmaSpace {
     });
     caps.add(vfio_iommu_type1_info_dma_avail, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, 1, { avail: this.dmaAvail });
     const R = vfio_iommu_type1_info_cap_iova_range;
-    const cap = caps.add(R, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, 1, { nr_iovas: this.iovaRanges.length }, this.iovaRanges.length * vfio_iova_range.size);
+    const cap = caps.add(
+      R,
+      VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+      1,
+      { nr_iovas: this.iovaRanges.length },
+      this.iovaRanges.length * vfio_iova_range.size,
+    );
     this.iovaRanges.forEach((r, i) => write(vfio_iova_range, cap, { start: r.start, end: r.end }, R.size + i * vfio_iova_range.size));
     write(L, k, { flags: VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS, iova_pgsizes: this.k.config.iommu.pageSizes, cap_offset: 0 });
     if (argsz < L.size + caps.size) {
@@ -205,7 +211,13 @@ export class Type1 implements IommuDriver, DmaSpace {
     const L = vfio_iommu_type1_dma_map;
     const minsz = offsetofend(L, 'size');
     const k = copyStructIn(mem, L, minsz);
-    const m = { argsz: get(L, k, 'argsz'), flags: get(L, k, 'flags'), vaddr: get(L, k, 'vaddr'), iova: get(L, k, 'iova'), size: get(L, k, 'size') };
+    const m = {
+      argsz: get(L, k, 'argsz'),
+      flags: get(L, k, 'flags'),
+      vaddr: get(L, k, 'vaddr'),
+      iova: get(L, k, 'iova'),
+      size: get(L, k, 'size'),
+    };
     const mask = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE | VFIO_DMA_MAP_FLAG_VADDR;
     if (m.argsz < minsz || m.flags & ~mask) fail('EINVAL', 'argsz too small or unknown flags');
     const write_ = (m.flags & VFIO_DMA_MAP_FLAG_WRITE) !== 0;
@@ -213,12 +225,14 @@ export class Type1 implements IommuDriver, DmaSpace {
     const setVaddr = (m.flags & VFIO_DMA_MAP_FLAG_VADDR) !== 0;
     if ((read_ || write_) === setVaddr) fail('EINVAL', 'a mapping needs READ and/or WRITE, or VADDR alone');
     const pg = this.pgsize;
-    if (m.size === 0n || (m.size | m.iova | m.vaddr) % pg !== 0n) fail('EINVAL', `size, iova and vaddr must be multiples of 0x${pg.toString(16)}`);
+    if (m.size === 0n || (m.size | m.iova | m.vaddr) % pg !== 0n)
+      fail('EINVAL', `size, iova and vaddr must be multiples of 0x${pg.toString(16)}`);
     if (m.iova + m.size - 1n > U64_MAX || m.vaddr + m.size - 1n > U64_MAX) fail('EINVAL', 'the range wraps');
     const existing = this.find(m.iova, m.size);
     if (setVaddr) {
       if (existing === undefined) fail('ENOENT', 'no mapping to update');
-      if (!existing.vaddrInvalid || existing.iova !== m.iova || existing.size !== m.size) fail('EINVAL', 'VADDR update must match an invalidated mapping exactly');
+      if (!existing.vaddrInvalid || existing.iova !== m.iova || existing.size !== m.size)
+        fail('EINVAL', 'VADDR update must match an invalidated mapping exactly');
       existing.vaddr = m.vaddr;
       existing.vaddrInvalid = false;
       return 0;
@@ -295,7 +309,8 @@ export class Type1 implements IommuDriver, DmaSpace {
     while (at < end) {
       const d = this.containing(at);
       if (d === undefined) fail('EFAULT', `IOMMU fault: IOVA 0x${at.toString(16)} is not mapped`);
-      if (isWrite ? !d.write : !d.read) fail('EFAULT', `IOMMU fault: IOVA 0x${at.toString(16)} is not ${isWrite ? 'writable' : 'readable'} by the device`);
+      if (isWrite ? !d.write : !d.read)
+        fail('EFAULT', `IOMMU fault: IOVA 0x${at.toString(16)} is not ${isWrite ? 'writable' : 'readable'} by the device`);
       if (d.vaddrInvalid) fail('EFAULT', `IOVA 0x${at.toString(16)}: vaddr invalidated (the kernel would block)`);
       const stop = end < d.iova + d.size ? end : d.iova + d.size;
       out.push({ dma: d, off: Number(at - d.iova), take: Number(stop - at) });

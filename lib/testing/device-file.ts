@@ -256,8 +256,10 @@ export class DeviceFile extends FakeFile {
     const k = copyStructIn(mem, L, minsz);
     const flags = get(L, k, 'flags');
     if (get(L, k, 'argsz') < minsz) fail('EINVAL', 'argsz too small');
-    if (flags & ~(VFIO_DEVICE_FEATURE_MASK | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_PROBE)) fail('EINVAL', 'unknown flags');
-    if (!(flags & VFIO_DEVICE_FEATURE_PROBE) && flags & VFIO_DEVICE_FEATURE_SET && flags & VFIO_DEVICE_FEATURE_GET) fail('EINVAL', 'GET and SET together');
+    if (flags & ~(VFIO_DEVICE_FEATURE_MASK | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_PROBE))
+      fail('EINVAL', 'unknown flags');
+    if (!(flags & VFIO_DEVICE_FEATURE_PROBE) && flags & VFIO_DEVICE_FEATURE_SET && flags & VFIO_DEVICE_FEATURE_GET)
+      fail('EINVAL', 'GET and SET together');
     fail('ENOTTY', `feature ${flags & VFIO_DEVICE_FEATURE_MASK} is not supported by the fake device`);
   }
 
@@ -270,7 +272,10 @@ export class DeviceFile extends FakeFile {
     let flags = VFIO_DEVICE_FLAGS_PCI | (this.device.resetWorks ? VFIO_DEVICE_FLAGS_RESET : 0);
     const caps = new CapChain();
     const cap2 = this.device.config.devcap2;
-    const atomic = (cap2 & (1 << 7) ? VFIO_PCI_ATOMIC_COMP32 : 0) | (cap2 & (1 << 8) ? VFIO_PCI_ATOMIC_COMP64 : 0) | (cap2 & (1 << 9) ? VFIO_PCI_ATOMIC_COMP128 : 0);
+    const atomic =
+      (cap2 & (1 << 7) ? VFIO_PCI_ATOMIC_COMP32 : 0) |
+      (cap2 & (1 << 8) ? VFIO_PCI_ATOMIC_COMP64 : 0) |
+      (cap2 & (1 << 9) ? VFIO_PCI_ATOMIC_COMP128 : 0);
     if (atomic) caps.add(vfio_device_info_cap_pci_atomic_comp, VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP, 1, { flags: atomic });
     write(L, k, { flags, num_regions: this.device.numRegions, num_irqs: VFIO_PCI_NUM_IRQS });
     if (caps.size > 0) {
@@ -329,18 +334,25 @@ export class DeviceFile extends FakeFile {
     const L = vfio_irq_set;
     const minsz = offsetofend(L, 'count');
     const k = copyStructIn(mem, L, minsz);
-    const h = { argsz: get(L, k, 'argsz'), flags: get(L, k, 'flags'), index: get(L, k, 'index'), start: get(L, k, 'start'), count: get(L, k, 'count') };
+    const h = {
+      argsz: get(L, k, 'argsz'),
+      flags: get(L, k, 'flags'),
+      index: get(L, k, 'index'),
+      start: get(L, k, 'start'),
+      count: get(L, k, 'count'),
+    };
     const max = this.device.config.irqCount(h.index);
     // vfio_set_irqs_validate_and_prepare()
     if (
       h.argsz < minsz ||
       h.index >= VFIO_PCI_NUM_IRQS ||
-      h.count >= ((U32_MAX - h.start) >>> 0) ||
+      h.count >= (U32_MAX - h.start) >>> 0 ||
       h.flags & ~(VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK)
     ) {
       fail('EINVAL', 'argsz, index, count or flags out of range');
     }
-    if (h.start >= max || h.start + h.count > max) fail('EINVAL', `vectors [${h.start}, ${h.start + h.count}) beyond the ${max} of index ${h.index}`);
+    if (h.start >= max || h.start + h.count > max)
+      fail('EINVAL', `vectors [${h.start}, ${h.start + h.count}) beyond the ${max} of index ${h.index}`);
     let size: number;
     switch (h.flags & VFIO_IRQ_SET_DATA_TYPE_MASK) {
       case VFIO_IRQ_SET_DATA_NONE:
@@ -423,13 +435,17 @@ export class DeviceFile extends FakeFile {
     const count = get(L, k, 'count');
     if (get(L, k, 'argsz') < minsz || get(L, k, 'flags') !== 0) fail('EINVAL', 'argsz too small or flags set');
     if ((count !== 0) === this.device.cdevOpened) {
-      fail('EINVAL', this.device.cdevOpened ? 'cdev-opened devices pass an empty group fd array' : 'group-opened devices pass their group fds');
+      fail(
+        'EINVAL',
+        this.device.cdevOpened ? 'cdev-opened devices pass an empty group fd array' : 'group-opened devices pass their group fds',
+      );
     }
     const devs = this.affected();
-    if (count === 0) return this.resetSet(devs, (d) => {
-      const id = this.devidFor(d);
-      return id > 0 || id === VFIO_PCI_DEVID_OWNED;
-    });
+    if (count === 0)
+      return this.resetSet(devs, (d) => {
+        const id = this.devidFor(d);
+        return id > 0 || id === VFIO_PCI_DEVID_OWNED;
+      });
     if (count > devs.length) fail('EINVAL', `${count} group fds for ${devs.length} affected devices`);
     const raw = mem.copyIn(L.size, count * 4);
     const groups: VfioGroup[] = [];

@@ -30,7 +30,14 @@ import {
 } from '../uapi/vfio.js';
 import { write } from '../uapi/codec.js';
 import { CapChain } from './caps.js';
-import { ConfigSpace, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type BarLayout } from './config-space.js';
+import {
+  ConfigSpace,
+  PCI_COMMAND_INTX_DISABLE,
+  PCI_COMMAND_IO,
+  PCI_COMMAND_MASTER,
+  PCI_COMMAND_MEMORY,
+  type BarLayout,
+} from './config-space.js';
 import type { KernelCore } from './core.js';
 import type { AccessWidth, DeviceContext, DeviceModel, IrqKind } from './device-model.js';
 import { fail } from './errors.js';
@@ -107,7 +114,13 @@ export class FakePciDevice implements DeviceContext {
   ) {
     const layouts: BarLayout[] = [];
     for (const b of desc.bars) {
-      const layout: BarLayout = { index: b.index, size: b.size, type: b.type, prefetchable: b.prefetchable, busAddress: busAddress(b.size, b.type) };
+      const layout: BarLayout = {
+        index: b.index,
+        size: b.size,
+        type: b.type,
+        prefetchable: b.prefetchable,
+        busAddress: busAddress(b.size, b.type),
+      };
       layouts.push(layout);
       const length = Math.max(b.size, PAGE_SIZE);
       const backing = new Backing('device', length, host.phys, 0, layout.busAddress);
@@ -116,7 +129,13 @@ export class FakePciDevice implements DeviceContext {
     this.rom = desc.rom === null ? null : new Backing('device', desc.rom!.size, host.phys, 0, busAddress(desc.rom!.size, 'mem32'));
     if (this.rom !== null) desc.rom!.init?.(new Uint8Array(this.rom.buffer));
     this.regions = desc.regions.map((spec) => {
-      const backing = new Backing('device', Math.max(spec.size, PAGE_SIZE), host.phys, 0, busAddress(Math.max(spec.size, PAGE_SIZE), 'mem64'));
+      const backing = new Backing(
+        'device',
+        Math.max(spec.size, PAGE_SIZE),
+        host.phys,
+        0,
+        busAddress(Math.max(spec.size, PAGE_SIZE), 'mem64'),
+      );
       spec.init?.(new Uint8Array(backing.buffer, 0, spec.size));
       return { spec, backing };
     });
@@ -234,10 +253,13 @@ export class FakePciDevice implements DeviceContext {
   wakeAt(at: number): void {
     if (this.wake !== null && this.wake.at <= at) return;
     if (this.wake !== null) clearTimeout(this.wake.timer);
-    const timer = setTimeout(() => {
-      this.wake = null;
-      this.timerTick();
-    }, Math.max(0, Math.ceil(at - this.now())));
+    const timer = setTimeout(
+      () => {
+        this.wake = null;
+        this.timerTick();
+      },
+      Math.max(0, Math.ceil(at - this.now())),
+    );
     timer.unref();
     this.wake = { at, timer };
   }
@@ -333,9 +355,20 @@ export class FakePciDevice implements DeviceContext {
       if (b.mmap) {
         flags |= VFIO_REGION_INFO_FLAG_MMAP;
         if (b.sparse !== undefined) {
-          const cap = caps.add(vfio_region_info_cap_sparse_mmap, VFIO_REGION_INFO_CAP_SPARSE_MMAP, 1, { nr_areas: b.sparse.length }, b.sparse.length * vfio_region_sparse_mmap_area.size);
+          const cap = caps.add(
+            vfio_region_info_cap_sparse_mmap,
+            VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+            1,
+            { nr_areas: b.sparse.length },
+            b.sparse.length * vfio_region_sparse_mmap_area.size,
+          );
           b.sparse.forEach((a, i) => {
-            write(vfio_region_sparse_mmap_area, cap, { offset: a.offset, size: a.size }, vfio_region_info_cap_sparse_mmap.size + i * vfio_region_sparse_mmap_area.size);
+            write(
+              vfio_region_sparse_mmap_area,
+              cap,
+              { offset: a.offset, size: a.size },
+              vfio_region_info_cap_sparse_mmap.size + i * vfio_region_sparse_mmap_area.size,
+            );
           });
         }
         if (this.config.msixTable()?.bar === index) caps.add(vfio_info_cap_header, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, {});
@@ -343,16 +376,18 @@ export class FakePciDevice implements DeviceContext {
       return { size: BigInt(b.layout.size), flags, caps };
     }
     if (index === VFIO_PCI_ROM_REGION_INDEX) {
-      return this.rom === null ? { size: 0n, flags: 0, caps } : { size: BigInt(this.rom.byteLength), flags: VFIO_REGION_INFO_FLAG_READ, caps };
+      return this.rom === null
+        ? { size: 0n, flags: 0, caps }
+        : { size: BigInt(this.rom.byteLength), flags: VFIO_REGION_INFO_FLAG_READ, caps };
     }
     if (index === VFIO_PCI_VGA_REGION_INDEX) return null; // no VGA: EINVAL
     const r = this.regions[index - VFIO_PCI_NUM_REGIONS];
     if (r === undefined) return null;
     caps.add(vfio_region_info_cap_type, VFIO_REGION_INFO_CAP_TYPE, 1, { type: r.spec.type, subtype: r.spec.subtype });
     const flags =
-      (r.spec.read ?? true ? VFIO_REGION_INFO_FLAG_READ : 0) |
-      (r.spec.write ?? true ? VFIO_REGION_INFO_FLAG_WRITE : 0) |
-      (r.spec.mmap ?? false ? VFIO_REGION_INFO_FLAG_MMAP : 0);
+      ((r.spec.read ?? true) ? VFIO_REGION_INFO_FLAG_READ : 0) |
+      ((r.spec.write ?? true) ? VFIO_REGION_INFO_FLAG_WRITE : 0) |
+      ((r.spec.mmap ?? false) ? VFIO_REGION_INFO_FLAG_MMAP : 0);
     return { size: BigInt(r.spec.size), flags, caps };
   }
 
@@ -385,7 +420,8 @@ export class FakePciDevice implements DeviceContext {
     }
     if (index === VFIO_PCI_VGA_REGION_INDEX) fail('EINVAL', 'the device has no VGA region');
     const r = this.regions[index - VFIO_PCI_NUM_REGIONS]!;
-    if (isWrite ? !(r.spec.write ?? true) : !(r.spec.read ?? true)) fail('EINVAL', `region ${index} cannot be ${isWrite ? 'written' : 'read'}`);
+    if (isWrite ? !(r.spec.write ?? true) : !(r.spec.read ?? true))
+      fail('EINVAL', `region ${index} cannot be ${isWrite ? 'written' : 'read'}`);
     return this.memRw(r.backing, r.spec.size, pos, buf, isWrite, false, null);
   }
 
@@ -462,7 +498,8 @@ export class FakePciDevice implements DeviceContext {
         done += n;
         continue;
       }
-      const width: AccessWidth = fillable >= 8 && off % 8 === 0 ? 8 : fillable >= 4 && off % 4 === 0 ? 4 : fillable >= 2 && off % 2 === 0 ? 2 : 1;
+      const width: AccessWidth =
+        fillable >= 8 && off % 8 === 0 ? 8 : fillable >= 4 && off % 4 === 0 ? 4 : fillable >= 2 && off % 2 === 0 ? 2 : 1;
       if (isWrite) model.write(this, index, off, width, getLe(dv, done, width));
       else setLe(dv, done, width, model.read(this, index, off, width));
       done += width;

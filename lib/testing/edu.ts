@@ -56,7 +56,19 @@ import { pciDevice, type PciDeviceDescription, type PciDeviceSpec } from './pci-
 
 export const EDU_ID = 0x010000ed;
 
-const REG = { id: 0x00, live: 0x04, fact: 0x08, status: 0x20, irqStatus: 0x24, raise: 0x60, ack: 0x64, src: 0x80, dst: 0x88, cnt: 0x90, cmd: 0x98 } as const;
+const REG = {
+  id: 0x00,
+  live: 0x04,
+  fact: 0x08,
+  status: 0x20,
+  irqStatus: 0x24,
+  raise: 0x60,
+  ack: 0x64,
+  src: 0x80,
+  dst: 0x88,
+  cnt: 0x90,
+  cmd: 0x98,
+} as const;
 /** The bytes a mapping shows register values in; everything past it reads all ones. */
 const REG_WINDOW = 0x100;
 const DMA_START = 0x40000n;
@@ -241,7 +253,7 @@ class EduModel implements DeviceModel {
     if (!(inBuf >= DMA_START && inBuf < DMA_START + DMA_SIZE && end > inBuf && end < DMA_START + DMA_SIZE)) {
       ctx.log(
         `edu: DMA range 0x${inBuf.toString(16)}-0x${(end - 1n).toString(16)} out of bounds of its buffer: ` +
-          'QEMU 7.2 stops the VM here (hw_error); the fake edu\'s DMA engine stops (command stays running, no interrupt)',
+          "QEMU 7.2 stops the VM here (hw_error); the fake edu's DMA engine stops (command stays running, no interrupt)",
       );
       this.dmaStopped = true;
       return;

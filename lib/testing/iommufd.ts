@@ -37,7 +37,15 @@ import {
   IOMMU_OPTION_OP_SET,
   IOMMU_OPTION_RLIMIT_MODE,
 } from '../uapi/iommufd.js';
-import { VFIO_CHECK_EXTENSION, VFIO_GET_API_VERSION, VFIO_API_VERSION, VFIO_NOIOMMU_IOMMU, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU, VFIO_UNMAP_ALL } from '../uapi/vfio.js';
+import {
+  VFIO_CHECK_EXTENSION,
+  VFIO_GET_API_VERSION,
+  VFIO_API_VERSION,
+  VFIO_NOIOMMU_IOMMU,
+  VFIO_TYPE1_IOMMU,
+  VFIO_TYPE1v2_IOMMU,
+  VFIO_UNMAP_ALL,
+} from '../uapi/vfio.js';
 import { get, read, set, write, type StructLayout } from '../uapi/codec.js';
 import type { KernelCore } from './core.js';
 import type { DmaSpace, FakePciDevice } from './device.js';
@@ -255,7 +263,8 @@ export class Ioas {
     while (at < end) {
       const a = this.areas.find((x) => at >= x.start && at <= x.last);
       if (a === undefined || a.pin === null) fail('EFAULT', `IOMMU fault: IOVA 0x${at.toString(16)} is not mapped`);
-      if (isWrite ? !a.write : !a.read) fail('EFAULT', `IOMMU fault: IOVA 0x${at.toString(16)} is not ${isWrite ? 'writable' : 'readable'} by the device`);
+      if (isWrite ? !a.write : !a.read)
+        fail('EFAULT', `IOMMU fault: IOVA 0x${at.toString(16)} is not ${isWrite ? 'writable' : 'readable'} by the device`);
       const stop = end <= a.last ? end : a.last + 1n;
       out.push({ area: a, off: Number(at - a.start), take: Number(stop - at) });
       at = stop;
@@ -439,7 +448,11 @@ export class IommufdFile extends FakeFile {
     if (request === VFIO_GET_API_VERSION) return VFIO_API_VERSION;
     if (request === VFIO_CHECK_EXTENSION) {
       const v = arg.value;
-      return v === BigInt(VFIO_TYPE1_IOMMU) || v === BigInt(VFIO_TYPE1v2_IOMMU) || v === BigInt(VFIO_UNMAP_ALL) ? 1 : v === BigInt(VFIO_NOIOMMU_IOMMU) ? 0 : 0;
+      return v === BigInt(VFIO_TYPE1_IOMMU) || v === BigInt(VFIO_TYPE1v2_IOMMU) || v === BigInt(VFIO_UNMAP_ALL)
+        ? 1
+        : v === BigInt(VFIO_NOIOMMU_IOMMU)
+          ? 0
+          : 0;
     }
     fail('ENOTTY', 'iommufd VFIO compatibility ioctls are not modeled by the fake');
   }
@@ -472,7 +485,13 @@ export class IommufdFile extends FakeFile {
       if (!(c.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE))) fail('EINVAL', 'a mapping must be READABLE and/or WRITEABLE');
       const ioas = this.ioasOf(c.ioas_id);
       const fixed = (c.flags & IOMMU_IOAS_MAP_FIXED_IOVA) !== 0 ? c.iova : null;
-      const iova = ioas.map(c.user_va, c.length, fixed, (c.flags & IOMMU_IOAS_MAP_READABLE) !== 0, (c.flags & IOMMU_IOAS_MAP_WRITEABLE) !== 0);
+      const iova = ioas.map(
+        c.user_va,
+        c.length,
+        fixed,
+        (c.flags & IOMMU_IOAS_MAP_READABLE) !== 0,
+        (c.flags & IOMMU_IOAS_MAP_WRITEABLE) !== 0,
+      );
       set(L, k, 'iova', iova);
       this.respond(mem, k, usize);
     });
@@ -522,7 +541,8 @@ export class IommufdFile extends FakeFile {
         if (list.some((x) => x.start <= r.last && x.last >= r.start)) fail('EINVAL', 'allowed ranges overlap');
         list.push({ start: r.start, last: r.last });
       }
-      if (list.some((a) => ioas.reserved.some((r) => r.start <= a.last && r.last >= a.start))) fail('EADDRINUSE', 'an allowed range is reserved');
+      if (list.some((a) => ioas.reserved.some((r) => r.start <= a.last && r.last >= a.start)))
+        fail('EADDRINUSE', 'an allowed range is reserved');
       ioas.allowed = list;
     });
     add(IOMMU_OPTION, iommu_option, 'val64', (k, mem) => {
@@ -545,7 +565,8 @@ export class IommufdFile extends FakeFile {
         if (c.op === IOMMU_OPTION_OP_GET) val = ioas.disableLargePages ? 0n : 1n;
         else if (c.op === IOMMU_OPTION_OP_SET) {
           if (c.val64 > 1n) fail('EINVAL', 'HUGE_PAGES is 0 or 1');
-          if (c.val64 === 0n && ioas.domains.length > 0 && ioas.areas.length > 0) fail('EINVAL', 'cannot disable huge pages with mappings in a domain');
+          if (c.val64 === 0n && ioas.domains.length > 0 && ioas.areas.length > 0)
+            fail('EINVAL', 'cannot disable huge pages with mappings in a domain');
           ioas.disableLargePages = c.val64 === 0n;
           if (ioas.domains.length === 0) ioas.alignment = ioas.disableLargePages ? PAGE : 1n;
           val = c.val64;

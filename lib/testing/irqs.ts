@@ -87,7 +87,8 @@ export class IrqState {
   }
 
   private intxMask(d: Req): void {
-    if (this.type !== VFIO_PCI_INTX_IRQ_INDEX || d.start !== 0 || d.count !== 1) fail('EINVAL', 'INTx mask needs INTx enabled, start 0, count 1');
+    if (this.type !== VFIO_PCI_INTX_IRQ_INDEX || d.start !== 0 || d.count !== 1)
+      fail('EINVAL', 'INTx mask needs INTx enabled, start 0, count 1');
     if (d.flags & VFIO_IRQ_SET_DATA_NONE) this.intxMasked = true;
     else if (d.flags & VFIO_IRQ_SET_DATA_BOOL) {
       if (d.data![0]) this.intxMasked = true;
@@ -95,7 +96,8 @@ export class IrqState {
   }
 
   private intxUnmaskAction(d: Req): void {
-    if (this.type !== VFIO_PCI_INTX_IRQ_INDEX || d.start !== 0 || d.count !== 1) fail('EINVAL', 'INTx unmask needs INTx enabled, start 0, count 1');
+    if (this.type !== VFIO_PCI_INTX_IRQ_INDEX || d.start !== 0 || d.count !== 1)
+      fail('EINVAL', 'INTx unmask needs INTx enabled, start 0, count 1');
     if (d.flags & VFIO_IRQ_SET_DATA_NONE) this.intxUnmask();
     else if (d.flags & VFIO_IRQ_SET_DATA_BOOL) {
       if (d.data![0]) this.intxUnmask();
@@ -306,7 +308,8 @@ export class IrqState {
     const name = index === VFIO_PCI_MSIX_IRQ_INDEX ? 'MSI-X' : 'MSI';
     if (this.type !== index) return this.dropped(`${name} vector ${vector} raised while ${name} is not enabled`);
     if (!this.host.busMaster) return this.dropped(`${name} raised with bus mastering off: an MSI is a memory write the device cannot make`);
-    if (index === VFIO_PCI_MSIX_IRQ_INDEX && this.host.msixMasked(vector)) return this.dropped(`MSI-X vector ${vector} is masked in the MSI-X table`);
+    if (index === VFIO_PCI_MSIX_IRQ_INDEX && this.host.msixMasked(vector))
+      return this.dropped(`MSI-X vector ${vector} is masked in the MSI-X table`);
     const t = this.vectors.get(vector);
     if (t === undefined) return this.dropped(`${name} vector ${vector} has no eventfd`);
     t.signal();

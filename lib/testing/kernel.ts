@@ -192,7 +192,11 @@ export class FakeKernel implements KernelCore, VfioHost {
     this.trees = buildTrees(
       this.config,
       [...this.pciDevices.values()].map((d) => ({ desc: d.desc, iommuGroup: this.iommuGroupOf(d)?.id ?? null, vfioIndex: d.vfioIndex })),
-      [...this.iommuGroups.values()].map((g) => ({ id: g.id, noiommu: mode === 'noiommu', vfio: [...this.vfioGroups.values()].some((v) => v.iommu === g) })),
+      [...this.iommuGroups.values()].map((g) => ({
+        id: g.id,
+        noiommu: mode === 'noiommu',
+        vfio: [...this.vfioGroups.values()].some((v) => v.iommu === g),
+      })),
     );
     this.sysfsRoot = this.trees.sysfsRoot;
     this.devRoot = this.trees.devRoot;

@@ -104,9 +104,7 @@ export class Backing {
     maxLength = 0,
   ) {
     this.buffer =
-      maxLength > 0
-        ? new (ArrayBuffer as unknown as ResizableCtor)(length, { maxByteLength: maxLength })
-        : new ArrayBuffer(length);
+      maxLength > 0 ? new (ArrayBuffer as unknown as ResizableCtor)(length, { maxByteLength: maxLength }) : new ArrayBuffer(length);
   }
 
   get byteLength(): number {

@@ -178,9 +178,14 @@ export class FakeSys implements Sys {
 
   close(fd: Fd): void {
     // close(2) frees the descriptor even when it reports an error (EINTR, EIO).
-    this.enter('close', { fd, ...this.fileInfo(fd) }, () => this.k.fds.close(fd), () => {
-      if (this.k.fds.lookup(fd) !== undefined) this.k.fds.close(fd);
-    });
+    this.enter(
+      'close',
+      { fd, ...this.fileInfo(fd) },
+      () => this.k.fds.close(fd),
+      () => {
+        if (this.k.fds.lookup(fd) !== undefined) this.k.fds.close(fd);
+      },
+    );
   }
 
   private ioctlCall(method: 'ioctl' | 'ioctlInt', fd: Fd, request: number, arg: IoctlArg): number {
@@ -235,7 +240,8 @@ export class FakeSys implements Sys {
         target = { backing, offset: 0, pfnmap: false, hugeSize };
       } else {
         file = this.k.fds.get(fd);
-        if (flags & MAP_HUGETLB && !(file instanceof MemfdFile && file.hugeSize > 0)) fail('EINVAL', 'MAP_HUGETLB on a file that is not hugetlbfs');
+        if (flags & MAP_HUGETLB && !(file instanceof MemfdFile && file.hugeSize > 0))
+          fail('EINVAL', 'MAP_HUGETLB on a file that is not hugetlbfs');
         if (!file.readable) fail('EACCES', 'the file is not open for reading');
         if (shared && prot & PROT_WRITE && !file.writable) fail('EACCES', 'a shared writable mapping of a file not open for writing');
         if (file instanceof MemfdFile && file.hugeSize > 0) len = Math.ceil(length / file.hugeSize) * file.hugeSize;
@@ -426,7 +432,10 @@ export class FakeSys implements Sys {
         if (ready.some((r) => r !== 0) || performance.now() >= end) return ready;
         const wake = this.k.nextDeviceDeadline();
         if (wake === null && end === Infinity) {
-          fail('EDEADLK', 'poll(-1) with nothing ready and no device work pending: no other thread can make an fd ready, the real call would never return');
+          fail(
+            'EDEADLK',
+            'poll(-1) with nothing ready and no device work pending: no other thread can make an fd ready, the real call would never return',
+          );
         }
         const ms = Math.min(wake ?? Infinity, end) - performance.now();
         // Sleep for real: the device's work (or the caller's timeout) takes this long.

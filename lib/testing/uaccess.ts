@@ -66,8 +66,7 @@ export class PointerMemory implements UserMemory {
 export function offsetofend(layout: StructLayout, field: string): number {
   const f = layout.fields[field];
   if (f === undefined) throw new TypeError(`${layout.name} has no field ${field}`);
-  const width =
-    typeof f.type === 'string' ? { u8: 1, s8: 1, u16: 2, s16: 2, u32: 4, s32: 4, u64: 8, s64: 8 }[f.type] : f.type.size;
+  const width = typeof f.type === 'string' ? { u8: 1, s8: 1, u16: 2, s16: 2, u32: 4, s32: 4, u64: 8, s64: 8 }[f.type] : f.type.size;
   return f.offset + width * (f.count ?? 1);
 }
 

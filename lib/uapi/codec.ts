@@ -47,11 +47,7 @@ export interface StructLayout {
 
 type ScalarValue<T extends Scalar> = T extends 'u64' | 's64' ? bigint : number;
 type ElementValue<T> = T extends Scalar ? ScalarValue<T> : T extends StructLayout ? Values<T> : never;
-type ElementPartial<T> = T extends Scalar
-  ? number | bigint
-  : T extends StructLayout
-    ? PartialValues<T>
-    : never;
+type ElementPartial<T> = T extends Scalar ? number | bigint : T extends StructLayout ? PartialValues<T> : never;
 
 /** Names of the fields that `read` returns (all but flexible arrays). */
 type FixedKeys<L extends StructLayout> = {
@@ -79,24 +75,30 @@ type IsWide<L extends StructLayout> = string extends keyof L['fields'] ? true : 
  * Names of the scalar (non-array, non-struct) fields: what `get`/`set` take.
  * For a layout typed only as `StructLayout`, any string (checked at runtime).
  */
-export type ScalarField<L extends StructLayout> = IsWide<L> extends true ? string : {
-  [K in keyof L['fields'] & string]: L['fields'][K] extends { readonly count: number }
-    ? never
-    : L['fields'][K] extends { readonly flexible: true }
-      ? never
-      : L['fields'][K]['type'] extends Scalar
-        ? K
-        : never;
-}[keyof L['fields'] & string];
+export type ScalarField<L extends StructLayout> =
+  IsWide<L> extends true
+    ? string
+    : {
+        [K in keyof L['fields'] & string]: L['fields'][K] extends { readonly count: number }
+          ? never
+          : L['fields'][K] extends { readonly flexible: true }
+            ? never
+            : L['fields'][K]['type'] extends Scalar
+              ? K
+              : never;
+      }[keyof L['fields'] & string];
 
 /** Names of the array fields (fixed or flexible): what `elementOffset` takes. */
-export type ArrayField<L extends StructLayout> = IsWide<L> extends true ? string : {
-  [K in keyof L['fields'] & string]: L['fields'][K] extends { readonly count: number }
-    ? K
-    : L['fields'][K] extends { readonly flexible: true }
-      ? K
-      : never;
-}[keyof L['fields'] & string];
+export type ArrayField<L extends StructLayout> =
+  IsWide<L> extends true
+    ? string
+    : {
+        [K in keyof L['fields'] & string]: L['fields'][K] extends { readonly count: number }
+          ? K
+          : L['fields'][K] extends { readonly flexible: true }
+            ? K
+            : never;
+      }[keyof L['fields'] & string];
 
 // Distributes over a union of types, so a wide layout gives `number | bigint`.
 type FieldValue<L extends StructLayout, K extends keyof L['fields']> = L['fields'][K]['type'] extends infer T
@@ -192,7 +194,11 @@ function toScalar(type: Scalar, value: number | bigint, path: string, name: stri
 function scalarError(range: boolean, type: Scalar, value: unknown, path: string, name: string, index: number | undefined): RangeError {
   const info = SCALARS[type];
   const what = label(path, name, index);
-  return new RangeError(range ? `${what}: ${String(value)} does not fit ${type} [${info.min}, ${info.max}]` : `${what}: ${String(value)} is not an integer (${type})`);
+  return new RangeError(
+    range
+      ? `${what}: ${String(value)} does not fit ${type} [${info.min}, ${info.max}]`
+      : `${what}: ${String(value)} is not an integer (${type})`,
+  );
 }
 
 // Little-endian scalar access on the bytes themselves. Callers have checked
@@ -314,7 +320,15 @@ function plan(layout: StructLayout, values: object, base: number, path: string, 
   }
 }
 
-function planOne(type: Scalar | StructLayout, value: unknown, at: number, path: string, name: string, index: number | undefined, out: Store[]): void {
+function planOne(
+  type: Scalar | StructLayout,
+  value: unknown,
+  at: number,
+  path: string,
+  name: string,
+  index: number | undefined,
+  out: Store[],
+): void {
   if (typeof type === 'string') {
     if (typeof value !== 'number' && typeof value !== 'bigint') {
       throw new RangeError(`${label(path, name, index)}: expected a number or bigint (${type})`);
@@ -393,23 +407,12 @@ function getScalar(layout: StructLayout, buf: Uint8Array, field: string, offset:
 }
 
 /** Reads one scalar field: bigint for u64/s64, number otherwise. */
-export function get<L extends StructLayout, K extends ScalarField<L>>(
-  layout: L,
-  buf: Uint8Array,
-  field: K,
-  offset = 0,
-): FieldValue<L, K> {
+export function get<L extends StructLayout, K extends ScalarField<L>>(layout: L, buf: Uint8Array, field: K, offset = 0): FieldValue<L, K> {
   return getScalar(layout, buf, field, offset) as FieldValue<L, K>;
 }
 
 /** Writes one scalar field (range-checked like `write`). */
-export function set<L extends StructLayout>(
-  layout: L,
-  buf: Uint8Array,
-  field: ScalarField<L>,
-  value: number | bigint,
-  offset = 0,
-): void {
+export function set<L extends StructLayout>(layout: L, buf: Uint8Array, field: ScalarField<L>, value: number | bigint, offset = 0): void {
   const f = scalarField(layout, field);
   const at = offset + f.offset;
   checkBounds(buf, at, SCALARS[f.type].bytes, label(layout.name, field));

@@ -27,9 +27,29 @@ for (const mode of MODES) {
     const m = cliMachine({ mode, devices: [plain()] });
     t.teardown(() => m.dispose());
     const r = m.run(
-      'bar', '00:05.0', '0',
-      '--write', '0x80=0x1122334455667788:64', '--read', '0x80:64', '--read', '0x80:32', '--read', '0x84', '--read', '0x86:16', '--read', '0x87:8',
-      '--write', '0x80=0xaa:8', '--write', '0x82=0xbbcc:16', '--write', '0x84=0xdeadbeef', '--read', '0x80:64',
+      'bar',
+      '00:05.0',
+      '0',
+      '--write',
+      '0x80=0x1122334455667788:64',
+      '--read',
+      '0x80:64',
+      '--read',
+      '0x80:32',
+      '--read',
+      '0x84',
+      '--read',
+      '0x86:16',
+      '--read',
+      '0x87:8',
+      '--write',
+      '0x80=0xaa:8',
+      '--write',
+      '0x82=0xbbcc:16',
+      '--write',
+      '0x84=0xdeadbeef',
+      '--read',
+      '0x80:64',
     );
     t.equal(r.code, 0, r.err);
     t.equal(
@@ -49,7 +69,11 @@ for (const mode of MODES) {
       ].join('\n'),
       'accesses run in command-line order, each at its width: a write changes exactly its bytes (little-endian)',
     );
-    t.same([...m.kernel.device(PLAIN).bar(0).subarray(0x80, 0x88)], [0xaa, 0x77, 0xcc, 0xbb, 0xef, 0xbe, 0xad, 0xde], 'after the run, the device memory holds exactly those bytes');
+    t.same(
+      [...m.kernel.device(PLAIN).bar(0).subarray(0x80, 0x88)],
+      [0xaa, 0x77, 0xcc, 0xbb, 0xef, 0xbe, 0xad, 0xde],
+      'after the run, the device memory holds exactly those bytes',
+    );
     const w = m.run('bar', PLAIN, '0', '--width', '16', '--write', '0x88=0xbeef', '--read', '0x88', '--read', '0x89:8', '--json');
     t.equal(w.code, 0, w.err);
     t.same(JSON.parse(w.out), [
@@ -84,12 +108,11 @@ for (const mode of MODES) {
       ['0x00000080/64 <- 0x1122334455667788', '0x00000080/64 = 0x1122334455667788', '0x00000080/32 = 0x55667788', ''].join('\n'),
       'DMA source: what is written reads back',
     );
-    t.equal(bar('--read', '0x80:64', '--read', '0x88:64', '--read', '0x98:64'), [
-      '0x00000080/64 = 0x1122334455667788',
-      '0x00000088/64 = 0x0000000000000000',
-      '0x00000098/64 = 0x0000000000000000',
-      '',
-    ].join('\n'), 'the source kept by the device; destination and command untouched (a command without the start bit)');
+    t.equal(
+      bar('--read', '0x80:64', '--read', '0x88:64', '--read', '0x98:64'),
+      ['0x00000080/64 = 0x1122334455667788', '0x00000088/64 = 0x0000000000000000', '0x00000098/64 = 0x0000000000000000', ''].join('\n'),
+      'the source kept by the device; destination and command untouched (a command without the start bit)',
+    );
     t.same(m.kernel.leaks(), NO_LEAKS, 'the BAR and the device are released');
   });
 
@@ -151,7 +174,10 @@ t.test('runtime failures: one line, exit 1', async (t) => {
   t.teardown(() => m.dispose());
   const absent = m.run('bar', EDU, '1', '--read', '0');
   t.equal(absent.code, 1);
-  t.equal(absent.err, 'vfio bar: ENOENT (device 0000:00:03.0: BAR 1 is not implemented (size 0; the upper half of a 64-bit BAR also reads so))\n');
+  t.equal(
+    absent.err,
+    'vfio bar: ENOENT (device 0000:00:03.0: BAR 1 is not implemented (size 0; the upper half of a 64-bit BAR also reads so))\n',
+  );
   const past = m.run('bar', EDU, '0', '--read', '0x100000');
   t.equal(past.code, 1);
   t.match(past.err, /^vfio bar: EINVAL \(device 0000:00:03\.0: .*\)\n$/);

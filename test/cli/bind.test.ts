@@ -55,7 +55,11 @@ t.test('a device without a driver: bound, then left without one', async (t) => {
   const m = cliMachine({ mode: 'cdev', devices: [nic(NIC, 5, null)] });
   t.teardown(() => m.dispose());
   t.match(m.run('bind', NIC), { code: 0, out: `${NIC}: bound to vfio-pci (was no driver)\n` });
-  t.same(m.writes.map(([p]) => p), [`bus/pci/devices/${NIC}/driver_override`, 'bus/pci/drivers_probe'], 'nothing to unbind first');
+  t.same(
+    m.writes.map(([p]) => p),
+    [`bus/pci/devices/${NIC}/driver_override`, 'bus/pci/drivers_probe'],
+    'nothing to unbind first',
+  );
   t.match(m.run('unbind', NIC), { code: 0, out: `${NIC}: unbound from vfio-pci, now has no driver\n` });
   t.equal(m.driverOf(NIC), null);
 });
@@ -74,12 +78,19 @@ t.test('unbind of a device vfio bind did not bind lets the kernel choose', async
 t.test('bind refuses a group with devices on host drivers, unless --group', async (t) => {
   const m = cliMachine({
     mode: 'group',
-    devices: [nic(NIC, 5), nic(NIC2, 5, 'igb'), pciDevice({ address: '0000:00:07.0', group: 5, vendor: 0x8086, device: 0x1, class: 0x060400, driver: 'pcieport' })],
+    devices: [
+      nic(NIC, 5),
+      nic(NIC2, 5, 'igb'),
+      pciDevice({ address: '0000:00:07.0', group: 5, vendor: 0x8086, device: 0x1, class: 0x060400, driver: 'pcieport' }),
+    ],
   });
   t.teardown(() => m.dispose());
   const r = m.run('bind', NIC);
   t.equal(r.code, 1);
-  t.equal(r.err, `vfio bind: IOMMU group 5 of ${NIC} also holds ${NIC2} (igb) on host drivers: bind them too with --group, or unbind them first\n`);
+  t.equal(
+    r.err,
+    `vfio bind: IOMMU group 5 of ${NIC} also holds ${NIC2} (igb) on host drivers: bind them too with --group, or unbind them first\n`,
+  );
   t.same(m.writes, [], 'nothing was changed');
   t.equal(m.driverOf(NIC), 'e1000e');
 
@@ -136,7 +147,12 @@ t.test('unbind: the remembered driver is gone', async (t) => {
   rmSync(join(m.kernel.sysfsRoot, 'bus', 'pci', 'drivers', 'e1000e'), { recursive: true });
   const u = m.run('unbind', NIC);
   t.equal(u.code, 1);
-  t.match(u.err, new RegExp(`^vfio unbind: ${NIC}: unbound from vfio-pci, but its previous driver e1000e is not loaded \\(modprobe e1000e, then .*\\)\\n$`));
+  t.match(
+    u.err,
+    new RegExp(
+      `^vfio unbind: ${NIC}: unbound from vfio-pci, but its previous driver e1000e is not loaded \\(modprobe e1000e, then .*\\)\\n$`,
+    ),
+  );
 });
 
 t.test('a damaged state file is reported, not trusted', async (t) => {
@@ -151,4 +167,3 @@ t.test('a damaged state file is reported, not trusted', async (t) => {
   writeFileSync(join(m.stateDir, 'bind-state.json'), '{ not json');
   t.match(m.run('unbind', NIC), { code: 1, err: /is not valid JSON: remove it/ });
 });
-

@@ -36,7 +36,20 @@ t.test('a healthy cdev machine', async (t) => {
   t.match(r.out, /\nvfio doctor: nothing blocks VFIO here\n$/);
   t.notMatch(r.out, /FAIL/);
   const c = checks(m);
-  t.same(Object.keys(c), ['iommu', 'vfio', 'vfio-pci', 'type1', 'iommufd', 'vfio-cdev', 'container', 'noiommu', 'modes', 'permissions', 'memlock', 'devices']);
+  t.same(Object.keys(c), [
+    'iommu',
+    'vfio',
+    'vfio-pci',
+    'type1',
+    'iommufd',
+    'vfio-cdev',
+    'container',
+    'noiommu',
+    'modes',
+    'permissions',
+    'memlock',
+    'devices',
+  ]);
   t.equal(c['permissions']?.status, 'ok');
   t.match(c['permissions']?.message, /uid 0 can open 4 VFIO node\(s\) read-write/);
 });
@@ -57,7 +70,12 @@ t.test('no IOMMU, no-IOMMU mode enabled: usable, with a warning', async (t) => {
 });
 
 t.test('nothing loaded: every missing piece with its fix, exit 1', async (t) => {
-  const m = cliMachine({ mode: 'group', type1: false, groupInterface: false, devices: [pciDevice({ address: '0000:00:05.0', group: 5, vendor: 0x8086, device: 0x10d3, class: 0x020000, driver: 'e1000e' })] });
+  const m = cliMachine({
+    mode: 'group',
+    type1: false,
+    groupInterface: false,
+    devices: [pciDevice({ address: '0000:00:05.0', group: 5, vendor: 0x8086, device: 0x10d3, class: 0x020000, driver: 'e1000e' })],
+  });
   t.teardown(() => m.dispose());
   rmSync(join(m.kernel.sysfsRoot, 'bus', 'pci', 'drivers', 'vfio-pci'), { recursive: true });
   rmSync(join(m.kernel.sysfsRoot, 'module', 'vfio'), { recursive: true });
@@ -83,18 +101,28 @@ t.test('a user without access to the nodes, and a low memlock limit', async (t) 
   withIommu(m);
   const node = join(m.kernel.devRoot, 'vfio', 'devices', 'vfio0');
   chmodSync(node, 0o600);
-  writeFileSync(join(m.kernel.procRoot, 'self', 'limits'), 'Limit                     Soft Limit           Hard Limit           Units\nMax locked memory         8388608              8388608              bytes\n');
+  writeFileSync(
+    join(m.kernel.procRoot, 'self', 'limits'),
+    'Limit                     Soft Limit           Hard Limit           Units\nMax locked memory         8388608              8388608              bytes\n',
+  );
   const r = m.run('doctor');
   t.equal(r.code, 1);
   const c = checks(m);
-  t.match(c['permissions'], { status: 'fail', message: new RegExp(`^uid 1000 cannot open .*${node} \\(owner 0:0, mode 0600\\)`), fix: new RegExp(`sudo chown 1000 .*${node}`) });
+  t.match(c['permissions'], {
+    status: 'fail',
+    message: new RegExp(`^uid 1000 cannot open .*${node} \\(owner 0:0, mode 0600\\)`),
+    fix: new RegExp(`sudo chown 1000 .*${node}`),
+  });
   t.match(c['memlock'], { status: 'warn', message: /memlock limit is 8 MiB/, fix: /ulimit -l unlimited/ });
   writeFileSync(join(m.kernel.procRoot, 'self', 'limits'), 'Max locked memory         unlimited            unlimited            bytes\n');
   t.match(checks(m)['memlock'], { status: 'ok', message: 'memlock limit: unlimited' });
 });
 
 t.test('a device in a group that is not viable', async (t) => {
-  const m = cliMachine({ mode: 'group', devices: [edu(), pciDevice({ address: '0000:00:05.0', group: 3, vendor: 0x8086, device: 0x10d3, class: 0x020000, driver: 'e1000e' })] });
+  const m = cliMachine({
+    mode: 'group',
+    devices: [edu(), pciDevice({ address: '0000:00:05.0', group: 3, vendor: 0x8086, device: 0x10d3, class: 0x020000, driver: 'e1000e' })],
+  });
   t.teardown(() => m.dispose());
   withIommu(m);
   t.equal(m.run('doctor').code, 1);

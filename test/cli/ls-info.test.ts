@@ -105,7 +105,12 @@ for (const mode of MODES) {
     t.same(info.regions[0]?.flagNames, ['read', 'write', 'mmap']);
     t.same(
       info.irqs.map((i) => [i.kind, i.count]),
-      [['intx', 1], ['msi', 1], ['msix', 0], ['req', 1]],
+      [
+        ['intx', 1],
+        ['msi', 1],
+        ['msix', 0],
+        ['req', 1],
+      ],
       'IRQ indexes with counts (ERR left out: edu is not PCI Express)',
     );
     if (mode === 'noiommu') t.equal(info.iova, null);
@@ -134,7 +139,11 @@ t.test('a group with a device on a host driver is not viable', async (t) => {
   t.match(table, /0000:00:03\.0 .* vfio-pci +3 +no +group\n/);
   t.match(table, /0000:00:05\.0 +8086:10d3 +Network controller +e1000e +3 +no\n/);
   const only = m.run('ls', '--vfio', '--json');
-  t.same((JSON.parse(only.out) as LsEntry[]).map((d) => d.address), [EDU], '--vfio keeps vfio-pci devices');
+  t.same(
+    (JSON.parse(only.out) as LsEntry[]).map((d) => d.address),
+    [EDU],
+    '--vfio keeps vfio-pci devices',
+  );
 
   const r = m.run('info', EDU);
   t.equal(r.code, 1, 'a non-viable group cannot be opened');

@@ -30,7 +30,11 @@ t.test('help: overview, per command, and its errors', async (t) => {
     t.same(m.run(n, 'whatever', '--help'), viaFlag, '--help wins over other arguments');
   }
   t.same(m.run('help', 'frob'), { code: 2, out: '', err: 'vfio help: unknown command "frob" (see `vfio help --help`)\n' });
-  t.same(m.run('help', 'ls', 'info'), { code: 2, out: '', err: 'vfio help: unexpected argument "info": help takes one command name (see `vfio help --help`)\n' });
+  t.same(m.run('help', 'ls', 'info'), {
+    code: 2,
+    out: '',
+    err: 'vfio help: unexpected argument "info": help takes one command name (see `vfio help --help`)\n',
+  });
   const bare = m.run();
   t.equal(bare.code, 2, 'no command is a usage error');
   t.match(bare.err, /^vfio: PCI devices through VFIO/);
@@ -74,7 +78,12 @@ t.test('exit 1 for runtime failures of every device command', async (t) => {
   const m = cliMachine({ mode: 'cdev', devices: [edu()] });
   t.teardown(() => m.dispose());
   const missing = '0000:00:1f.7';
-  for (const args of [['info', missing], ['bind', missing], ['unbind', missing], ['bar', missing, '0']]) {
+  for (const args of [
+    ['info', missing],
+    ['bind', missing],
+    ['unbind', missing],
+    ['bar', missing, '0'],
+  ]) {
     const r = m.run(...args);
     t.equal(r.code, 1, `vfio ${args.join(' ')}`);
     t.match(r.err, new RegExp(`^vfio ${args[0]}: ENODEV \\(device ${missing}: no such PCI device in [^\\n]+\\)\\n$`));
@@ -83,7 +92,11 @@ t.test('exit 1 for runtime failures of every device command', async (t) => {
   m.kernel.failWhen({ syscall: 'ioctl', request: VFIO_DEVICE_GET_REGION_INFO }, 'EIO');
   const r = m.run('info', EDU);
   t.equal(r.code, 1);
-  t.match(r.err, /^vfio info: ioctl VFIO_DEVICE_GET_REGION_INFO: EIO \(device 0000:00:03\.0\)\n$/, 'a kernel error, as the library reports it');
+  t.match(
+    r.err,
+    /^vfio info: ioctl VFIO_DEVICE_GET_REGION_INFO: EIO \(device 0000:00:03\.0\)\n$/,
+    'a kernel error, as the library reports it',
+  );
   m.kernel.clearFaults();
   t.same(m.kernel.leaks(), { fds: 0, mappings: 0, pinned: 0 }, 'a failed command leaves nothing open');
 });

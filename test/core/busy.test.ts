@@ -18,10 +18,18 @@ for (const mode of MODES) {
     const err = vfioErrorOf(() => other.openDevice(EDU));
     t.match(err, { code: 'EBUSY', device: EDU }, 'openDevice: EBUSY');
     if (mode === 'cdev') {
-      t.match(err, { request: 'VFIO_DEVICE_BIND_IOMMUFD', message: /already open through another VFIO cdev file/ }, 'cdev: at bind, saying why');
+      t.match(
+        err,
+        { request: 'VFIO_DEVICE_BIND_IOMMUFD', message: /already open through another VFIO cdev file/ },
+        'cdev: at bind, saying why',
+      );
       t.match(err instanceof Error ? err.cause : undefined, { code: 'EINVAL' }, "cdev: the kernel's EINVAL is the cause");
     }
-    t.match(vfioErrorOf(() => other.getDeviceInfo(EDU)), { code: 'EBUSY', device: EDU }, 'getDeviceInfo: EBUSY');
+    t.match(
+      vfioErrorOf(() => other.getDeviceInfo(EDU)),
+      { code: 'EBUSY', device: EDU },
+      'getDeviceInfo: EBUSY',
+    );
     t.same(kernel.leaks(), base, 'the refusals left nothing open');
     held.release();
     const dev = other.openDevice(EDU);

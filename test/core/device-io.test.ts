@@ -38,7 +38,11 @@ for (const mode of MODES) {
       await until('the DMA to RAM', () => (bar0.read32(0x98) & 0x1) === 0);
       t.same([...buf.bytes.subarray(2048, 2064)], new Array(16).fill(0xab), 'the device read the buffer and wrote it back');
     }
-    t.match(vfioErrorOf(() => bar.read32(0)), { code: 'ECLOSED' }, 'the BAR closed with its device');
+    t.match(
+      vfioErrorOf(() => bar.read32(0)),
+      { code: 'ECLOSED' },
+      'the BAR closed with its device',
+    );
     vfio.close();
     t.same(kernel.leaks(), NO_LEAKS);
   });

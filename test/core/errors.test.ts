@@ -3,7 +3,14 @@ import t, { type Test } from 'tap';
 import { createVfio } from '../../lib/core/context.js';
 import * as codec from '../../lib/uapi/codec.js';
 import { iommu_ioas_unmap, IOMMU_IOAS_UNMAP } from '../../lib/uapi/iommufd.js';
-import { vfio_iommu_type1_dma_unmap, VFIO_IOMMU_UNMAP_DMA, VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO_GROUP_SET_CONTAINER, VFIO_SET_IOMMU, VFIO_IOMMU_MAP_DMA } from '../../lib/uapi/vfio.js';
+import {
+  vfio_iommu_type1_dma_unmap,
+  VFIO_IOMMU_UNMAP_DMA,
+  VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+  VFIO_GROUP_SET_CONTAINER,
+  VFIO_SET_IOMMU,
+  VFIO_IOMMU_MAP_DMA,
+} from '../../lib/uapi/vfio.js';
 import { IOMMU_IOAS_MAP } from '../../lib/uapi/iommufd.js';
 import { edu, FakeKernel } from '../../lib/testing/index.js';
 import { EDU, EDU2, MODES, NO_LEAKS, enableBusMaster, machine, vfioErrorOf } from './harness.js';
@@ -93,7 +100,12 @@ for (const mode of ['cdev', 'group'] as const) {
   t.test(`${mode}: EBUSY for a group split across containers, and a non-viable group`, async (t) => {
     const kernel = new FakeKernel({
       mode,
-      devices: [edu(), edu({ address: EDU2, group: 3 }), edu({ address: '0000:00:05.0', group: 7 }), edu({ address: '0000:00:06.0', group: 7, driver: 'e1000e' })],
+      devices: [
+        edu(),
+        edu({ address: EDU2, group: 3 }),
+        edu({ address: '0000:00:05.0', group: 7 }),
+        edu({ address: '0000:00:06.0', group: 7, driver: 'e1000e' }),
+      ],
     });
     t.teardown(() => kernel.dispose());
     const vfio = createVfio({ sys: kernel.sys, sysfs: kernel.sysfsRoot, dev: kernel.devRoot, proc: kernel.procRoot, env: {} });
@@ -103,7 +115,11 @@ for (const mode of ['cdev', 'group'] as const) {
     const err = vfioErrorOf(() => other.assignDevice(EDU2));
     t.match(err, { code: 'EBUSY', device: EDU2, message: /IOMMU group 3 is in container #/ });
     t.same(kernel.leaks(), base);
-    t.match(vfioErrorOf(() => vfio.openDevice('0000:00:05.0')), { code: 'EBUSY', device: '0000:00:05.0', message: /IOMMU group 7 is not viable \(0000:00:06.0 is bound to e1000e\)/ }, 'group 7 has a device bound to another driver: the same answer in both modes');
+    t.match(
+      vfioErrorOf(() => vfio.openDevice('0000:00:05.0')),
+      { code: 'EBUSY', device: '0000:00:05.0', message: /IOMMU group 7 is not viable \(0000:00:06.0 is bound to e1000e\)/ },
+      'group 7 has a device bound to another driver: the same answer in both modes',
+    );
     t.same(kernel.leaks(), base, 'nothing left open by the refused open');
     a.release();
     vfio.close();
@@ -184,7 +200,10 @@ t.test('ENXIO: VFIO not available, forced modes the machine cannot give', async 
   }
   {
     const { kernel, vfio } = machine('group', {}, { VFIO_MODE: 'cdev' });
-    t.match(vfioErrorOf(() => vfio.getMode(EDU)), { code: 'ENXIO', message: /cdev mode was forced but is not available: .*\/dev\/iommu does not exist/ });
+    t.match(
+      vfioErrorOf(() => vfio.getMode(EDU)),
+      { code: 'ENXIO', message: /cdev mode was forced but is not available: .*\/dev\/iommu does not exist/ },
+    );
     throwsCode(t, () => vfio.openDevice(EDU), 'ENXIO', 'VFIO_MODE=cdev on a group machine');
     throwsCode(t, () => vfio.createContainer(), 'ENXIO', 'createContainer too');
     t.same(kernel.leaks(), NO_LEAKS);
@@ -195,7 +214,11 @@ t.test('ENXIO: VFIO not available, forced modes the machine cannot give', async 
     throwsCode(t, () => vfio.createContainer({ mode: 'noiommu' }), 'ENXIO', 'noiommu on a machine with it disabled');
     const k2 = new FakeKernel({ mode: 'group', type1: false, devices: [edu()] });
     const v2 = createVfio({ sys: k2.sys, sysfs: k2.sysfsRoot, dev: k2.devRoot, proc: k2.procRoot, env: {} });
-    t.match(vfioErrorOf(() => v2.getMode(EDU)), { code: 'ENXIO', message: /no Type1 IOMMU/ }, 'group mode without vfio_iommu_type1');
+    t.match(
+      vfioErrorOf(() => v2.getMode(EDU)),
+      { code: 'ENXIO', message: /no Type1 IOMMU/ },
+      'group mode without vfio_iommu_type1',
+    );
     t.same(kernel.leaks(), NO_LEAKS);
     t.same(k2.leaks(), NO_LEAKS);
     kernel.dispose();
@@ -220,7 +243,11 @@ for (const mode of ['cdev', 'group'] as const) {
       kernel.sys.ioctl(s.containerFd, VFIO_IOMMU_UNMAP_DMA, arg);
     }
     const err = vfioErrorOf(() => buf.unmap());
-    t.match(err, { code: 'EIO', message: /asked to unmap 8192 bytes at IOVA 0x[0-9a-f]+, the kernel unmapped 0/ }, 'the same EIO in both modes');
+    t.match(
+      err,
+      { code: 'EIO', message: /asked to unmap 8192 bytes at IOVA 0x[0-9a-f]+, the kernel unmapped 0/ },
+      'the same EIO in both modes',
+    );
     t.notOk(buf.mapped, 'the mapping is forgotten');
     const next = dev.container.allocDma(8192);
     t.not(next.iova, iova, 'its IOVAs are not handed out again');
@@ -273,8 +300,23 @@ t.test('close order: devices, then mappings, then groups, then container fds, th
     const expected =
       mode === 'cdev'
         ? // The second munmap is the page IOMMU_IOAS_IOVA_RANGES writes into.
-          ['VFIO_DEVICE_DETACH_IOMMUFD_PT:device', 'close:device', 'IOMMU_IOAS_UNMAP:iommufd', 'IOMMU_DESTROY:iommufd', 'close:iommufd', 'munmap', 'munmap']
-        : ['close:device', 'VFIO_IOMMU_UNMAP_DMA:container', 'VFIO_GROUP_UNSET_CONTAINER:group', 'close:group', 'close:container', 'munmap'];
+          [
+            'VFIO_DEVICE_DETACH_IOMMUFD_PT:device',
+            'close:device',
+            'IOMMU_IOAS_UNMAP:iommufd',
+            'IOMMU_DESTROY:iommufd',
+            'close:iommufd',
+            'munmap',
+            'munmap',
+          ]
+        : [
+            'close:device',
+            'VFIO_IOMMU_UNMAP_DMA:container',
+            'VFIO_GROUP_UNSET_CONTAINER:group',
+            'close:group',
+            'close:container',
+            'munmap',
+          ];
     t.same(calls, expected, `${mode}: ${calls.join(', ')}`);
     t.same(kernel.leaks(), NO_LEAKS);
     vfio.close();
@@ -290,7 +332,10 @@ t.test('group mode: no MAP_DMA before SET_IOMMU; mappings made early are replaye
   const buf = c.allocDma(4096, { dmaLimit: 1n << 28n });
   buf.bytes[0] = 0x5a;
   throwsCode(t, () => c.iommuInfo(), 'EINVAL', 'no IOMMU ranges before the first device');
-  t.notOk(kernel.log.some((r) => r.request === VFIO_IOMMU_MAP_DMA), 'no MAP_DMA was issued without an IOMMU');
+  t.notOk(
+    kernel.log.some((r) => r.request === VFIO_IOMMU_MAP_DMA),
+    'no MAP_DMA was issued without an IOMMU',
+  );
   c.assignDevice(EDU);
   const names = kernel.log.map((r) => r.requestName).filter((n) => n !== undefined);
   t.ok(names.indexOf('VFIO_SET_IOMMU') < names.indexOf('VFIO_IOMMU_MAP_DMA'), 'SET_IOMMU comes first, then the replay');

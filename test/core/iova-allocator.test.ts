@@ -22,7 +22,11 @@ t.test('honours several ranges and skips the holes between them', async (t) => {
     ],
     K4,
   );
-  t.same(a.ranges.map((r) => r.start), [0n, 0xfef00000n], 'ranges are sorted');
+  t.same(
+    a.ranges.map((r) => r.start),
+    [0n, 0xfef00000n],
+    'ranges are sorted',
+  );
   t.equal(a.allocate(2n * K4), 0x1000n);
   t.equal(a.allocate(2n * K4), 0xfef00000n, 'a block that does not fit the low range goes to the next');
   t.throws(() => a.reserve(0x3000n, K4), code('EINVAL'), 'an IOVA in the hole is outside the ranges');
@@ -84,10 +88,13 @@ t.test('setRanges rebuilds the free space around allocations', async (t) => {
   const a = new IovaAllocator([{ start: 0n, last: 0xfffffn }], K4);
   const x = a.allocate(K4);
   const y = a.allocate(4n * K4);
-  a.setRanges([{ start: 0n, last: 0x7ffffn }], [
-    { iova: x, size: K4 },
-    { iova: y, size: 4n * K4 },
-  ]);
+  a.setRanges(
+    [{ start: 0n, last: 0x7ffffn }],
+    [
+      { iova: x, size: K4 },
+      { iova: y, size: 4n * K4 },
+    ],
+  );
   t.equal(a.freeBytes(), 0x80000n - 5n * K4);
   t.throws(() => a.reserve(x, K4), code('EEXIST'));
   t.equal(a.allocate(K4), 0x6000n);

@@ -40,7 +40,11 @@ function expectedRanges(reserved: readonly { start: bigint; end: bigint }[]): Io
   return out;
 }
 
-function manyRanges(mode: FakeMode, holeCount: number, extra: Omit<FakeKernelOptions, 'mode'> = {}): ReturnType<typeof machine> & { reserved: { start: bigint; end: bigint }[] } {
+function manyRanges(
+  mode: FakeMode,
+  holeCount: number,
+  extra: Omit<FakeKernelOptions, 'mode'> = {},
+): ReturnType<typeof machine> & { reserved: { start: bigint; end: bigint }[] } {
   const reserved = holes(holeCount);
   return { ...machine(mode, { iommu: { reserved }, ...extra }), reserved };
 }
@@ -57,9 +61,17 @@ t.test('cdev: EMSGSIZE with the count, then a query with room for all of them', 
     t.same(info.ranges, want, `${want.length} ranges: every one reported, in order`);
     const queries = kernel.log.slice(from).filter((r) => r.requestName === 'IOMMU_IOAS_IOVA_RANGES');
     if (want.length <= FIRST_ROOM) {
-      t.same(queries.map((q) => q.error ?? 'ok'), ['ok'], `${want.length} ranges fit the first query`);
+      t.same(
+        queries.map((q) => q.error ?? 'ok'),
+        ['ok'],
+        `${want.length} ranges fit the first query`,
+      );
     } else {
-      t.same(queries.map((q) => q.error ?? 'ok'), ['EMSGSIZE', 'ok'], `${want.length} ranges: EMSGSIZE, then the retry`);
+      t.same(
+        queries.map((q) => q.error ?? 'ok'),
+        ['EMSGSIZE', 'ok'],
+        `${want.length} ranges: EMSGSIZE, then the retry`,
+      );
     }
     // The retry's own array is unmapped at once; only the result page stays.
     const before = kernel.leaks();
@@ -117,7 +129,10 @@ for (const mode of ['cdev', 'group'] as const) {
     t.ok(big.iova >= holedTop, `a 16-page buffer fits only above the holes (0x${big.iova.toString(16)})`);
     // 64 KiB alignment: every aligned address between the holes is a hole.
     const aligned = c.allocDma(4096, { align: PERIOD });
-    t.ok(aligned.iova % PERIOD === 0n && (aligned.iova < HOLES_FROM || aligned.iova >= holedTop), 'an aligned buffer never lands on a hole');
+    t.ok(
+      aligned.iova % PERIOD === 0n && (aligned.iova < HOLES_FROM || aligned.iova >= holedTop),
+      'an aligned buffer never lands on a hole',
+    );
     // A limit that ends inside the holed span: what is left there, or ENOSPC.
     const limited: DmaBuffer[] = [];
     const limit = HOLES_FROM + 100n * PERIOD;
@@ -135,11 +150,22 @@ for (const mode of ['cdev', 'group'] as const) {
     probe.unmap();
     const hole = HOLES_FROM + 7n * PERIOD;
     const syscallsBefore = kernel.syscalls;
-    t.match(vfioErrorOf(() => probe.map({ iova: hole })), { code: 'EINVAL', message: /outside the IOMMU's IOVA ranges/ }, 'in a hole: EINVAL');
-    t.match(vfioErrorOf(() => probe.map({ iova: hole - PAGE })), { code: 'EINVAL' }, 'running into a hole: EINVAL');
+    t.match(
+      vfioErrorOf(() => probe.map({ iova: hole })),
+      { code: 'EINVAL', message: /outside the IOMMU's IOVA ranges/ },
+      'in a hole: EINVAL',
+    );
+    t.match(
+      vfioErrorOf(() => probe.map({ iova: hole - PAGE })),
+      { code: 'EINVAL' },
+      'running into a hole: EINVAL',
+    );
     t.equal(kernel.syscalls, syscallsBefore, 'no system call for either');
     probe.map();
-    t.ok(ranges.some((r) => probe.iova >= r.start && probe.iova + BigInt(probe.size) - 1n <= r.last), 'mapped again inside a range');
+    t.ok(
+      ranges.some((r) => probe.iova >= r.start && probe.iova + BigInt(probe.size) - 1n <= r.last),
+      'mapped again inside a range',
+    );
     // The device reaches every buffer at its IOVA.
     enableBusMaster(kernel, EDU);
     const d = kernel.device(EDU);

@@ -58,10 +58,18 @@ t.test('unmapAll takes every IOVA away and leaves the memory', async (t) => {
     const bufs = [dev.container.allocDma(4096), dev.container.allocDma(4096), dev.container.allocDma(4096)];
     const iovas = bufs.map((b) => b.iova);
     dev.container.unmapAll();
-    t.ok(bufs.every((b) => !b.mapped && b.live), `${mode}: unmapped, still allocated`);
-    t.match(vfioErrorOf(() => bufs[0]!.iova), { code: 'EINVAL' }, `${mode}: no IOVA while unmapped`);
+    t.ok(
+      bufs.every((b) => !b.mapped && b.live),
+      `${mode}: unmapped, still allocated`,
+    );
+    t.match(
+      vfioErrorOf(() => bufs[0]!.iova),
+      { code: 'EINVAL' },
+      `${mode}: no IOVA while unmapped`,
+    );
     if (mode !== 'noiommu') {
-      for (const iova of iovas) t.throws(() => kernel.device(EDU).dmaRead(iova, 1), `${mode}: the device cannot reach 0x${iova.toString(16)}`);
+      for (const iova of iovas)
+        t.throws(() => kernel.device(EDU).dmaRead(iova, 1), `${mode}: the device cannot reach 0x${iova.toString(16)}`);
       t.equal(kernel.leaks().pinned, 3, `${mode}: only the mlock remains`);
     }
     bufs[1]!.map();
@@ -78,7 +86,10 @@ t.test('no-IOMMU buffers must be physically contiguous', async (t) => {
   t.teardown(() => kernel.dispose());
   const dev = vfio.openDevice(EDU);
   const base = kernel.leaks();
-  t.match(vfioErrorOf(() => dev.container.allocDma(4 * 4096)), { code: 'ENOMEM', message: /not physically contiguous/ });
+  t.match(
+    vfioErrorOf(() => dev.container.allocDma(4 * 4096)),
+    { code: 'ENOMEM', message: /not physically contiguous/ },
+  );
   t.same(kernel.leaks(), base);
   vfio.close();
 });
@@ -88,6 +99,13 @@ t.test('the public entry point', async (t) => {
   t.type(api.VfioError, 'function');
   t.type(api.parsePciAddress, 'function');
   t.ok(api.vfio instanceof api.Vfio, 'a default context');
-  t.match(vfioErrorOf(() => api.vfio.getMode('../../etc')), { code: 'EINVAL' }, 'validated before anything else');
-  t.match(vfioErrorOf(() => api.createVfio({} as never)), { code: 'EINVAL' });
+  t.match(
+    vfioErrorOf(() => api.vfio.getMode('../../etc')),
+    { code: 'EINVAL' },
+    'validated before anything else',
+  );
+  t.match(
+    vfioErrorOf(() => api.createVfio({} as never)),
+    { code: 'EINVAL' },
+  );
 });

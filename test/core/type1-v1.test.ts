@@ -64,7 +64,11 @@ t.test('the fake: type1 "v1" offers VFIO_TYPE1_IOMMU only; SET_IOMMU of v2 is EN
     const s = kernel.sys;
     const c = s.open(`${kernel.devRoot}/vfio/vfio`, O_RDWR);
     t.equal(s.ioctlInt(c, VFIO_CHECK_EXTENSION, VFIO_TYPE1_IOMMU), 1, `${type1}: Type1 offered`);
-    t.equal(s.ioctlInt(c, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU), type1 === 'v1' ? 0 : 1, `${type1}: Type1v2 offered only by the default driver`);
+    t.equal(
+      s.ioctlInt(c, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU),
+      type1 === 'v1' ? 0 : 1,
+      `${type1}: Type1v2 offered only by the default driver`,
+    );
     const g = s.open(`${kernel.devRoot}/vfio/3`, O_RDWR);
     const fdArg = new Uint8Array(4);
     new DataView(fdArg.buffer).setInt32(0, c, true);
@@ -82,34 +86,48 @@ t.test('the fake: type1 "v1" offers VFIO_TYPE1_IOMMU only; SET_IOMMU of v2 is EN
 t.test('the library refuses a kernel that offers only Type1 (v1): ENXIO naming Type1v2, nothing left open', async (t) => {
   const { kernel, vfio } = machine('group', { type1: 'v1' });
   t.teardown(() => kernel.dispose());
-  t.match(vfioErrorOf(() => vfio.createContainer({ mode: 'group' })), { code: 'ENXIO', message: /no Type1v2 IOMMU/ }, 'createContainer');
-  t.match(vfioErrorOf(() => vfio.openDevice(EDU)), { code: 'ENXIO', message: /no Type1v2 IOMMU/ }, 'openDevice in the default container');
+  t.match(
+    vfioErrorOf(() => vfio.createContainer({ mode: 'group' })),
+    { code: 'ENXIO', message: /no Type1v2 IOMMU/ },
+    'createContainer',
+  );
+  t.match(
+    vfioErrorOf(() => vfio.openDevice(EDU)),
+    { code: 'ENXIO', message: /no Type1v2 IOMMU/ },
+    'openDevice in the default container',
+  );
   vfio.close();
   t.same(kernel.leaks(), NO_LEAKS);
 });
 
-t.test("the fake, v1: an unmap covering a mapping's first IOVA unmaps it whole and says so; one starting inside unmaps nothing (0)", async (t) => {
-  const { kernel } = machine('group', { type1: 'v1' });
-  t.teardown(() => kernel.dispose());
-  const { c, g } = rawContainer(kernel, VFIO_TYPE1_IOMMU);
-  const mem = kernel.sys.mmap(2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
-  rawMap(kernel, c, mem, 0x20000n, BigInt(2 * PAGE));
-  t.equal(rawUnmap(kernel, c, 0x21000n, BigInt(PAGE)), 0n, 'starting inside the mapping: nothing, size 0');
-  t.equal(rawUnmap(kernel, c, 0x20000n, BigInt(PAGE)), BigInt(2 * PAGE), 'covering its first IOVA: the whole 8 KiB, reported');
-  t.equal(rawUnmap(kernel, c, 0x20000n, BigInt(2 * PAGE)), 0n, 'nothing left there');
-  // The same requests on v2 are EINVAL (a partial unmap).
-  const v2 = machine('group');
-  t.teardown(() => v2.kernel.dispose());
-  const r2 = rawContainer(v2.kernel, VFIO_TYPE1v2_IOMMU);
-  const mem2 = v2.kernel.sys.mmap(2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
-  rawMap(v2.kernel, r2.c, mem2, 0x20000n, BigInt(2 * PAGE));
-  t.throws(() => rawUnmap(v2.kernel, r2.c, 0x21000n, BigInt(PAGE)), { code: 'EINVAL' }, 'v2: starting inside is EINVAL');
-  t.throws(() => rawUnmap(v2.kernel, r2.c, 0x20000n, BigInt(PAGE)), { code: 'EINVAL' }, 'v2: splitting is EINVAL');
-  t.equal(rawUnmap(v2.kernel, r2.c, 0x20000n, BigInt(2 * PAGE)), BigInt(2 * PAGE), 'v2: the exact range');
-  for (const [k, r, m] of [[kernel, { c, g }, mem], [v2.kernel, r2, mem2]] as const) {
-    k.sys.munmap(m, 2 * PAGE);
-    k.sys.close(r.g);
-    k.sys.close(r.c);
-    t.same(k.leaks(), NO_LEAKS);
-  }
-});
+t.test(
+  "the fake, v1: an unmap covering a mapping's first IOVA unmaps it whole and says so; one starting inside unmaps nothing (0)",
+  async (t) => {
+    const { kernel } = machine('group', { type1: 'v1' });
+    t.teardown(() => kernel.dispose());
+    const { c, g } = rawContainer(kernel, VFIO_TYPE1_IOMMU);
+    const mem = kernel.sys.mmap(2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
+    rawMap(kernel, c, mem, 0x20000n, BigInt(2 * PAGE));
+    t.equal(rawUnmap(kernel, c, 0x21000n, BigInt(PAGE)), 0n, 'starting inside the mapping: nothing, size 0');
+    t.equal(rawUnmap(kernel, c, 0x20000n, BigInt(PAGE)), BigInt(2 * PAGE), 'covering its first IOVA: the whole 8 KiB, reported');
+    t.equal(rawUnmap(kernel, c, 0x20000n, BigInt(2 * PAGE)), 0n, 'nothing left there');
+    // The same requests on v2 are EINVAL (a partial unmap).
+    const v2 = machine('group');
+    t.teardown(() => v2.kernel.dispose());
+    const r2 = rawContainer(v2.kernel, VFIO_TYPE1v2_IOMMU);
+    const mem2 = v2.kernel.sys.mmap(2 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
+    rawMap(v2.kernel, r2.c, mem2, 0x20000n, BigInt(2 * PAGE));
+    t.throws(() => rawUnmap(v2.kernel, r2.c, 0x21000n, BigInt(PAGE)), { code: 'EINVAL' }, 'v2: starting inside is EINVAL');
+    t.throws(() => rawUnmap(v2.kernel, r2.c, 0x20000n, BigInt(PAGE)), { code: 'EINVAL' }, 'v2: splitting is EINVAL');
+    t.equal(rawUnmap(v2.kernel, r2.c, 0x20000n, BigInt(2 * PAGE)), BigInt(2 * PAGE), 'v2: the exact range');
+    for (const [k, r, m] of [
+      [kernel, { c, g }, mem],
+      [v2.kernel, r2, mem2],
+    ] as const) {
+      k.sys.munmap(m, 2 * PAGE);
+      k.sys.close(r.g);
+      k.sys.close(r.c);
+      t.same(k.leaks(), NO_LEAKS);
+    }
+  },
+);

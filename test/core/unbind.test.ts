@@ -39,7 +39,10 @@ t.test('group: the kernel already took the group out: release still closes it', 
   const dev = vfio.openDevice(EDU);
   kernel.unbindFromVfio(EDU);
   dev.release(); // the close finishes the unbind; then UNSET_CONTAINER is EINVAL
-  t.ok(kernel.kernelLog.some((l) => /VFIO_GROUP_UNSET_CONTAINER|not in a container/.test(l)), 'the kernel refused the UNSET');
+  t.ok(
+    kernel.kernelLog.some((l) => /VFIO_GROUP_UNSET_CONTAINER|not in a container/.test(l)),
+    'the kernel refused the UNSET',
+  );
   t.same(dev.container.devices, [], 'the container holds nothing');
   t.same(dev.container.kernelState.mode === 'group' ? dev.container.kernelState.groups : null, [], 'and no group');
   vfio.close();

@@ -3,7 +3,14 @@
 import t from 'tap';
 import { edu, pciDevice } from '../../lib/testing/index.js';
 import { rig } from './fixture.js';
-import { CAP_ID, CFG_CAPABILITY_LIST, CFG_COMMAND, COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, EXT_CAP_ID } from '../../lib/device/pci-regs.js';
+import {
+  CAP_ID,
+  CFG_CAPABILITY_LIST,
+  CFG_COMMAND,
+  COMMAND_BUS_MASTER,
+  COMMAND_INTX_DISABLE,
+  EXT_CAP_ID,
+} from '../../lib/device/pci-regs.js';
 
 t.test('identification and width-exact reads', async (t) => {
   const r = rig({ mode: 'group' });
@@ -11,8 +18,14 @@ t.test('identification and width-exact reads', async (t) => {
   const { io } = r.open();
   t.equal(io.config.size, 256);
   t.same(io.config.ids(), {
-    vendorId: 0x1234, deviceId: 0x11e8, subsystemVendorId: 0x1af4, subsystemId: 0x1100,
-    classCode: 0x00ff00, revision: 0x10, headerType: 0, interruptPin: 1,
+    vendorId: 0x1234,
+    deviceId: 0x11e8,
+    subsystemVendorId: 0x1af4,
+    subsystemId: 0x1100,
+    classCode: 0x00ff00,
+    revision: 0x10,
+    headerType: 0,
+    interruptPin: 1,
   });
   t.equal(io.config.read32(0), 0x11e81234);
   t.equal(io.config.read16(2), 0x11e8);
@@ -44,8 +57,15 @@ t.test('command register helpers: read-modify-write, visible to the device', asy
 
 t.test('BAR kinds from the BAR registers', async (t) => {
   const dev = pciDevice({
-    address: '0000:00:04.0', vendor: 1, device: 2, class: 0,
-    bars: [{ index: 0, size: 256, type: 'io' }, { index: 2, size: 1 << 16, type: 'mem64', prefetchable: true }, { index: 4, size: 4096 }],
+    address: '0000:00:04.0',
+    vendor: 1,
+    device: 2,
+    class: 0,
+    bars: [
+      { index: 0, size: 256, type: 'io' },
+      { index: 2, size: 1 << 16, type: 'mem64', prefetchable: true },
+      { index: 4, size: 4096 },
+    ],
   });
   const r = rig({ devices: [dev] });
   t.teardown(() => r.dispose());
@@ -58,7 +78,11 @@ t.test('BAR kinds from the BAR registers', async (t) => {
 
 t.test('standard and extended capabilities', async (t) => {
   const dev = pciDevice({
-    address: '0000:00:04.0', vendor: 1, device: 2, class: 0x020000, pcie: true,
+    address: '0000:00:04.0',
+    vendor: 1,
+    device: 2,
+    class: 0x020000,
+    pcie: true,
     bars: [{ index: 0, size: 1 << 14 }],
     irqs: { msi: 4, msix: 16, msixTableOffset: 0x2000, msixPbaOffset: 0x3000 },
     config: (cfg) => {
@@ -71,18 +95,39 @@ t.test('standard and extended capabilities', async (t) => {
   const { io } = r.open('0000:00:04.0');
   t.equal(io.config.size, 4096);
   const caps = io.config.capabilities();
-  t.same(caps.map((c) => c.name), ['pcie', 'msi', 'msix']);
+  t.same(
+    caps.map((c) => c.name),
+    ['pcie', 'msi', 'msix'],
+  );
   t.equal(io.config.findCapability('msix')?.offset, caps[2]!.offset);
   t.equal(io.config.findCapability(CAP_ID.pm), null);
-  t.same(io.config.extendedCapabilities().map((c) => [c.name, c.version, c.offset]), [['aer', 2, 0x100], ['serialNumber', 1, 0x148]]);
+  t.same(
+    io.config.extendedCapabilities().map((c) => [c.name, c.version, c.offset]),
+    [
+      ['aer', 2, 0x100],
+      ['serialNumber', 1, 0x148],
+    ],
+  );
   t.equal(io.config.findExtendedCapability('serialNumber')?.offset, 0x148);
   t.equal(io.config.findExtendedCapability(EXT_CAP_ID.sriov), null);
-  t.match(io.config.msix(), { vectors: 16, enabled: false, tableBar: 0, tableOffset: 0x2000, tableSize: 256, pbaBar: 0, pbaOffset: 0x3000 });
+  t.match(io.config.msix(), {
+    vectors: 16,
+    enabled: false,
+    tableBar: 0,
+    tableOffset: 0x2000,
+    tableSize: 256,
+    pbaBar: 0,
+    pbaOffset: 0x3000,
+  });
 });
 
 t.test('capability walks survive loops and garbage', async (t) => {
   const dev = pciDevice({
-    address: '0000:00:04.0', vendor: 1, device: 2, class: 0, pcie: true,
+    address: '0000:00:04.0',
+    vendor: 1,
+    device: 2,
+    class: 0,
+    pcie: true,
     irqs: { msi: 1 },
     config: (cfg) => {
       cfg.addExtendedCapability(EXT_CAP_ID.aer, 2, 0x48);
@@ -96,20 +141,39 @@ t.test('capability walks survive loops and garbage', async (t) => {
   const second = live[first + 1]!;
   t.ok(second >= 0x40, 'two standard capabilities');
   live[second + 1] = first; // the second points back at the first
-  t.same(io.config.capabilities().map((c) => c.offset), [first, second], 'a loop ends the walk');
+  t.same(
+    io.config.capabilities().map((c) => c.offset),
+    [first, second],
+    'a loop ends the walk',
+  );
   live[second + 1] = second; // points at itself
-  t.same(io.config.capabilities().map((c) => c.offset), [first, second]);
+  t.same(
+    io.config.capabilities().map((c) => c.offset),
+    [first, second],
+  );
   live[second + 1] = 0x10; // into the header
-  t.same(io.config.capabilities().map((c) => c.offset), [first, second]);
+  t.same(
+    io.config.capabilities().map((c) => c.offset),
+    [first, second],
+  );
   // Extended: the header's next pointer loops back to 0x100.
   live[0x102] = (live[0x102]! & 0x0f) | ((0x100 << 4) & 0xf0);
   live[0x103] = (0x100 << 4) >> 8;
-  t.same(io.config.extendedCapabilities().map((c) => c.offset), [0x100]);
+  t.same(
+    io.config.extendedCapabilities().map((c) => c.offset),
+    [0x100],
+  );
   live[second + 1] = first | 3; // the low two bits of a pointer are reserved: masked off (and so a loop)
-  t.same(io.config.capabilities().map((c) => c.offset), [first, second]);
+  t.same(
+    io.config.capabilities().map((c) => c.offset),
+    [first, second],
+  );
   live[second + 1] = 0;
   live[second] = 0xff; // an all-ones id: the function is not answering
-  t.same(io.config.capabilities().map((c) => c.offset), [first]);
+  t.same(
+    io.config.capabilities().map((c) => c.offset),
+    [first],
+  );
   // No capability list bit: nothing, even with a pointer in 0x34.
   live[0x06] = live[0x06]! & ~0x10;
   t.same(io.config.capabilities(), []);
@@ -117,7 +181,11 @@ t.test('capability walks survive loops and garbage', async (t) => {
 
 t.test('the standard walk reads each capability header once', async (t) => {
   const dev = pciDevice({
-    address: '0000:00:04.0', vendor: 1, device: 2, class: 0, pcie: true,
+    address: '0000:00:04.0',
+    vendor: 1,
+    device: 2,
+    class: 0,
+    pcie: true,
     bars: [{ index: 0, size: 1 << 14 }],
     irqs: { msi: 4, msix: 16, msixTableOffset: 0x2000, msixPbaOffset: 0x3000 },
   });
@@ -127,7 +195,10 @@ t.test('the standard walk reads each capability header once', async (t) => {
   io.config.read8(0); // the config region is open
   const before = r.kernel.syscalls;
   const caps = io.config.capabilities();
-  t.same(caps.map((c) => c.name), ['pcie', 'msi', 'msix']);
+  t.same(
+    caps.map((c) => c.name),
+    ['pcie', 'msi', 'msix'],
+  );
   t.equal(r.kernel.syscalls - before, 2 + caps.length, 'status, the list pointer, then one read of id and next per capability');
 });
 
@@ -136,7 +207,10 @@ t.test('a conventional device has no extended capabilities', async (t) => {
   t.teardown(() => r.dispose());
   const { io } = r.open();
   t.same(io.config.extendedCapabilities(), []);
-  t.same(io.config.capabilities().map((c) => c.name), ['msi']);
+  t.same(
+    io.config.capabilities().map((c) => c.name),
+    ['msi'],
+  );
   t.equal(io.config.msix(), null);
 });
 

@@ -11,7 +11,11 @@ const ADDR = '0000:00:03.0';
 
 function msixDevice(vectors: number) {
   return pciDevice({
-    address: '0000:00:04.0', vendor: 0x8086, device: 0x10fb, class: 0x020000, pcie: true,
+    address: '0000:00:04.0',
+    vendor: 0x8086,
+    device: 0x10fb,
+    class: 0x020000,
+    pcie: true,
     bars: [{ index: 0, size: 1 << 14 }],
     irqs: { msi: 0, msix: vectors, msixTableOffset: 0x2000, msixPbaOffset: 0x3000 },
   });
@@ -176,7 +180,10 @@ t.test('many MSI-X vectors share one poll', async (t) => {
   t.equal(counts[0], 1);
   t.equal(counts[7], 2);
   t.equal(counts[31], 1);
-  t.equal(counts.reduce((a, b) => a + b), 4);
+  t.equal(
+    counts.reduce((a, b) => a + b),
+    4,
+  );
   t.equal(r.kernel.pendingPolls, 1);
   offs.forEach((off) => off());
   await EventfdPoller.of(r.kernel.sys).idle();
@@ -224,7 +231,7 @@ t.test('disable and close end iterators and close every eventfd', async (t) => {
   await t.rejects(reqWait, { code: 'ECLOSED' });
   t.throws(() => dev.io.irqs, { code: 'ECLOSED' });
   await EventfdPoller.of(r.kernel.sys).idle();
-  t.same(r.kernel.leaks(), { ...before, fds: before.fds + (r.mode === 'cdev' ? 1 : 0) }, 'only the rig\'s iommufd is still open');
+  t.same(r.kernel.leaks(), { ...before, fds: before.fds + (r.mode === 'cdev' ? 1 : 0) }, "only the rig's iommufd is still open");
 });
 
 t.test('a refused SET_IRQS closes the eventfds it was given', async (t) => {

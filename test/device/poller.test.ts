@@ -17,7 +17,13 @@ function signal(fd: number, n: bigint): void {
 function nextCount(p: EventfdPoller, fd: number): { promise: Promise<number>; off: () => void } {
   let off = (): void => {};
   const promise = new Promise<number>((resolve, reject) => {
-    off = p.watch(fd, { onCount: (n) => { off(); resolve(n); }, onError: reject });
+    off = p.watch(fd, {
+      onCount: (n) => {
+        off();
+        resolve(n);
+      },
+      onError: reject,
+    });
   });
   return { promise, off };
 }
@@ -37,7 +43,10 @@ t.test('many eventfds, one poll; counts are summed; stops when unwatched', async
   signal(fds[11]!, 1n);
   const deadline = Date.now() + 2000;
   while (got.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-  t.same(got.sort((a, b) => a - b), [5005, 11001]);
+  t.same(
+    got.sort((a, b) => a - b),
+    [5005, 11001],
+  );
   for (const off of offs) off();
   t.equal(p.size, 0);
   await p.idle();
@@ -48,7 +57,10 @@ t.test('a watch added while a poll is in flight is picked up', async (t) => {
   const p = EventfdPoller.of(sys);
   const a = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   const b = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  t.teardown(() => { sys.close(a); sys.close(b); });
+  t.teardown(() => {
+    sys.close(a);
+    sys.close(b);
+  });
   const first = nextCount(p, a);
   await new Promise((r) => setTimeout(r, 20)); // the poll over [stop, a] is now blocked
   const second = nextCount(p, b);

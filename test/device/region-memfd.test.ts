@@ -21,12 +21,28 @@ function memfdDevice(t: { teardown(fn: () => void): void }, bytes: number): Devi
   sys.ftruncate(fd, BigInt(bytes));
   let closed = false;
   const h = {
-    sys, fd, address: '0000:00:00.0', mode: 'cdev' as const,
-    get closed() { return closed; },
-    assertOpen() { if (closed) throw new VfioError({ code: 'ECLOSED', detail: 'device is closed' }); },
-    info() { return { flags: 0, numRegions: 1, numIrqs: 0 }; },
-    groupFd() { return null; },
-    close() { if (!closed) { closed = true; sys.close(fd); } },
+    sys,
+    fd,
+    address: '0000:00:00.0',
+    mode: 'cdev' as const,
+    get closed() {
+      return closed;
+    },
+    assertOpen() {
+      if (closed) throw new VfioError({ code: 'ECLOSED', detail: 'device is closed' });
+    },
+    info() {
+      return { flags: 0, numRegions: 1, numIrqs: 0 };
+    },
+    groupFd() {
+      return null;
+    },
+    close() {
+      if (!closed) {
+        closed = true;
+        sys.close(fd);
+      }
+    },
   };
   t.teardown(() => h.close());
   return h;
@@ -34,9 +50,18 @@ function memfdDevice(t: { teardown(fn: () => void): void }, bytes: number): Devi
 
 function info(size: number, extra: Partial<RegionInfo> = {}): RegionInfo {
   return {
-    index: 0, name: 'bar0', size, fdOffset: 0n,
+    index: 0,
+    name: 'bar0',
+    size,
+    fdOffset: 0n,
     flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP,
-    readable: true, writable: true, mappable: true, sparseAreas: null, type: null, msixMappable: false, capabilities: [],
+    readable: true,
+    writable: true,
+    mappable: true,
+    sparseAreas: null,
+    type: null,
+    msixMappable: false,
+    capabilities: [],
     ...extra,
   };
 }
@@ -90,7 +115,10 @@ t.test('sub-range and pread/pwrite path behave the same', async (t) => {
   const h = memfdDevice(t, 4 * PAGE);
   const mapped = openRegion(h, info(4 * PAGE), { offset: PAGE + 8, size: 64 });
   const rw = openRegion(h, info(4 * PAGE), { offset: PAGE + 8, size: 64, noMmap: true });
-  t.teardown(() => { mapped.close(); rw.close(); });
+  t.teardown(() => {
+    mapped.close();
+    rw.close();
+  });
   t.same(rw.mappedAreas, []);
   t.equal(mapped.size, 64);
   mapped.write32(0, 0x11223344);
@@ -108,12 +136,30 @@ t.test('sub-range and pread/pwrite path behave the same', async (t) => {
 
 t.test('excluded and sparse areas are reached through pread/pwrite', async (t) => {
   const h = memfdDevice(t, 4 * PAGE);
-  const sparse = openRegion(h, info(4 * PAGE, { sparseAreas: [{ offset: 0, size: PAGE }, { offset: 3 * PAGE, size: PAGE }] }));
+  const sparse = openRegion(
+    h,
+    info(4 * PAGE, {
+      sparseAreas: [
+        { offset: 0, size: PAGE },
+        { offset: 3 * PAGE, size: PAGE },
+      ],
+    }),
+  );
   t.teardown(() => sparse.close());
-  t.same(sparse.mappedAreas, [{ offset: 0, size: PAGE }, { offset: 3 * PAGE, size: PAGE }]);
+  t.same(sparse.mappedAreas, [
+    { offset: 0, size: PAGE },
+    { offset: 3 * PAGE, size: PAGE },
+  ]);
   const excl = openRegion(h, info(4 * PAGE), { exclude: [{ offset: PAGE + 0x100, size: 0x40 }] });
   t.teardown(() => excl.close());
-  t.same(excl.mappedAreas, [{ offset: 0, size: PAGE }, { offset: 2 * PAGE, size: 2 * PAGE }], 'the whole page holding the table stays unmapped');
+  t.same(
+    excl.mappedAreas,
+    [
+      { offset: 0, size: PAGE },
+      { offset: 2 * PAGE, size: 2 * PAGE },
+    ],
+    'the whole page holding the table stays unmapped',
+  );
   excl.write32(PAGE + 0x100, 0xcafe);
   t.equal(sparse.read32(PAGE + 0x100), 0xcafe);
   // A copy that crosses mapped and unmapped pieces.
@@ -137,12 +183,16 @@ t.test('views: typed arrays over the mapping', async (t) => {
   const h = memfdDevice(t, PAGE);
   const r = openRegion(h, info(PAGE));
   t.teardown(() => r.close());
-  const sum = r.withViews((v) => {
-    for (let i = 0; i < 8; i++) v.u32[i] = i * 3;
-    let s = 0;
-    for (let i = 0; i < 8; i++) s += v.u32[i] as number;
-    return s;
-  }, 0x40, 32);
+  const sum = r.withViews(
+    (v) => {
+      for (let i = 0; i < 8; i++) v.u32[i] = i * 3;
+      let s = 0;
+      for (let i = 0; i < 8; i++) s += v.u32[i] as number;
+      return s;
+    },
+    0x40,
+    32,
+  );
   t.equal(sum, 84);
   t.equal(r.read32(0x40 + 7 * 4), 21);
   t.throws(() => r.views(4, 8), { code: 'EINVAL' });
@@ -160,9 +210,18 @@ t.test('after close every accessor is ECLOSED and nothing touches the pages', as
   t.equal(unmapped, 1, 'onClose runs once');
   t.ok(closing.closed);
   for (const call of [
-    () => closing.read8(0), () => closing.read16(0), () => closing.read32(0), () => closing.read64(0),
-    () => closing.write8(0, 1), () => closing.write16(0, 1), () => closing.write32(0, 1), () => closing.write64(0, 1n),
-    () => closing.copyIn(0, new Uint8Array(4)), () => closing.copyOut(0, 4), () => closing.views(), () => closing.withViews(() => 0),
+    () => closing.read8(0),
+    () => closing.read16(0),
+    () => closing.read32(0),
+    () => closing.read64(0),
+    () => closing.write8(0, 1),
+    () => closing.write16(0, 1),
+    () => closing.write32(0, 1),
+    () => closing.write64(0, 1n),
+    () => closing.copyIn(0, new Uint8Array(4)),
+    () => closing.copyOut(0, 4),
+    () => closing.views(),
+    () => closing.withViews(() => 0),
   ]) {
     t.throws(call, { name: 'VfioError', code: 'ECLOSED' });
   }
@@ -181,7 +240,12 @@ const WIDTHS = [
   { bytes: 1, read: (r: Region, o: number) => r.read8(o), write: (r: Region, o: number, v: number) => r.write8(o, v), max: 0xff },
   { bytes: 2, read: (r: Region, o: number) => r.read16(o), write: (r: Region, o: number, v: number) => r.write16(o, v), max: 0xffff },
   { bytes: 4, read: (r: Region, o: number) => r.read32(o), write: (r: Region, o: number, v: number) => r.write32(o, v), max: 0xffffffff },
-  { bytes: 8, read: (r: Region, o: number) => Number(r.read64(o)), write: (r: Region, o: number, v: number) => r.write64(o, BigInt(v)), max: Number.MAX_SAFE_INTEGER },
+  {
+    bytes: 8,
+    read: (r: Region, o: number) => Number(r.read64(o)),
+    write: (r: Region, o: number, v: number) => r.write64(o, BigInt(v)),
+    max: Number.MAX_SAFE_INTEGER,
+  },
 ] as const;
 
 /** The file's bytes at `offset` (what a store really reached), through pread. */
@@ -202,7 +266,10 @@ t.test('fast path, every width: first and last offsets, exactly the bytes of the
       t.equal(w.read(r, o), w.max, `${w.bytes * 8}-bit at ${o}`);
       const after = fileBytes(h, 0, PAGE);
       const changed = after.flatMap((b, i) => (b !== before[i] ? [i] : []));
-      t.ok(changed.every((i) => i >= o && i < o + w.bytes) && changed.length > 0, `${w.bytes * 8}-bit store at ${o} touched only its bytes`);
+      t.ok(
+        changed.every((i) => i >= o && i < o + w.bytes) && changed.length > 0,
+        `${w.bytes * 8}-bit store at ${o} touched only its bytes`,
+      );
       w.write(r, o, 0);
     }
   }
@@ -222,8 +289,22 @@ t.test('fast path, every width: offsets #at would refuse are EINVAL, and touch n
   const sneaky = { valueOf: () => (valueOfCalls++, 4) };
   for (const w of WIDTHS) {
     const bad: unknown[] = [
-      2 * PAGE, 2 * PAGE - w.bytes + (w.bytes > 1 ? w.bytes / 2 : 1), -w.bytes, -0.5, 0.5, NaN, Infinity, -Infinity,
-      2 ** 32 + w.bytes, 2 ** 31, 2 ** 53, '4', 4n, null, undefined, sneaky,
+      2 * PAGE,
+      2 * PAGE - w.bytes + (w.bytes > 1 ? w.bytes / 2 : 1),
+      -w.bytes,
+      -0.5,
+      0.5,
+      NaN,
+      Infinity,
+      -Infinity,
+      2 ** 32 + w.bytes,
+      2 ** 31,
+      2 ** 53,
+      '4',
+      4n,
+      null,
+      undefined,
+      sneaky,
     ];
     if (w.bytes > 1) bad.push(1, w.bytes + 1, PAGE - 1);
     for (const o of bad) {
@@ -244,10 +325,16 @@ t.test('fast path, every width: values that do not fit are EINVAL, never truncat
   let valueOfCalls = 0;
   const sneaky = { valueOf: () => (valueOfCalls++, 1) };
   const cases: [string, () => void][] = [];
-  for (const [name, write, max] of [['write8', r.write8.bind(r), 0xff], ['write16', r.write16.bind(r), 0xffff], ['write32', r.write32.bind(r), 0xffffffff]] as const) {
-    for (const v of [max + 1, -1, 0.5, NaN, Infinity, 2 ** 32, '1', 1n, null, sneaky]) cases.push([`${name}(${String(v)})`, () => write(0, v as number)]);
+  for (const [name, write, max] of [
+    ['write8', r.write8.bind(r), 0xff],
+    ['write16', r.write16.bind(r), 0xffff],
+    ['write32', r.write32.bind(r), 0xffffffff],
+  ] as const) {
+    for (const v of [max + 1, -1, 0.5, NaN, Infinity, 2 ** 32, '1', 1n, null, sneaky])
+      cases.push([`${name}(${String(v)})`, () => write(0, v as number)]);
   }
-  for (const v of [-1n, 1n << 64n, -1, 0.5, 2 ** 53, '1', null, sneaky]) cases.push([`write64(${String(v)})`, () => r.write64(0, v as bigint)]);
+  for (const v of [-1n, 1n << 64n, -1, 0.5, 2 ** 53, '1', null, sneaky])
+    cases.push([`write64(${String(v)})`, () => r.write64(0, v as bigint)]);
   for (const [name, call] of cases) t.throws(call, { name: 'VfioError', code: 'EINVAL' }, name);
   t.equal(valueOfCalls, 0, 'the checks never convert a value');
   t.same(fileBytes(h, 0, 8), [0, 0, 0, 0, 0, 0, 0, 0], 'nothing was written');
@@ -263,11 +350,13 @@ t.test('fast path and permissions: a read-only or write-only region', async (t) 
   t.equal(ro.read16(2), 0x0403);
   t.equal(ro.read32(4), 0x08070605);
   t.equal(ro.read64(0), 0x0807060504030201n);
-  for (const w of WIDTHS) t.throws(() => w.write(ro, 0, 0), { code: 'EACCES', message: /not writable/ }, `write${w.bytes * 8} on a read-only mapping`);
+  for (const w of WIDTHS)
+    t.throws(() => w.write(ro, 0, 0), { code: 'EACCES', message: /not writable/ }, `write${w.bytes * 8} on a read-only mapping`);
   t.same(fileBytes(h, 0, 8), [1, 2, 3, 4, 5, 6, 7, 8], 'the refused stores wrote nothing');
   const wo = openRegion(h, info(PAGE, { readable: false, flags: VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP }));
   t.teardown(() => wo.close());
-  for (const w of WIDTHS) t.throws(() => w.read(wo, 0), { code: 'EACCES', message: /not readable/ }, `read${w.bytes * 8} on a write-only mapping`);
+  for (const w of WIDTHS)
+    t.throws(() => w.read(wo, 0), { code: 'EACCES', message: /not readable/ }, `read${w.bytes * 8} on a write-only mapping`);
   wo.write32(8, 0xa5a5a5a5);
   wo.write8(12, 0x5a);
   t.same(fileBytes(h, 8, 5), [0xa5, 0xa5, 0xa5, 0xa5, 0x5a]);
@@ -279,7 +368,10 @@ t.test('fast path over the leading mapping only: the rest of the range takes the
   // the excluded page is pread/pwrite, the last page a second mapping.
   const r = openRegion(h, info(4 * PAGE), { offset: PAGE + 8, exclude: [{ offset: 2 * PAGE, size: 0x40 }] });
   t.teardown(() => r.close());
-  t.same(r.mappedAreas, [{ offset: 0, size: PAGE - 8 }, { offset: 2 * PAGE - 8, size: PAGE }]);
+  t.same(r.mappedAreas, [
+    { offset: 0, size: PAGE - 8 },
+    { offset: 2 * PAGE - 8, size: PAGE },
+  ]);
   for (const w of WIDTHS) {
     for (const o of [0, PAGE - 8 - w.bytes, PAGE - 8, 2 * PAGE - 8 - w.bytes, 2 * PAGE - 8, 3 * PAGE - 8 - w.bytes]) {
       w.write(r, o, w.max);

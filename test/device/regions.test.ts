@@ -4,11 +4,7 @@ import { edu, EDU_ID, pciDevice } from '../../lib/testing/index.js';
 import { rig } from './fixture.js';
 import { until } from '../testing/harness.js';
 import { COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, CFG_COMMAND } from '../../lib/device/pci-regs.js';
-import {
-  VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
-  VFIO_REGION_INFO_CAP_TYPE,
-  VFIO_REGION_TYPE_PCI_VENDOR_TYPE,
-} from '../../lib/uapi/vfio.js';
+import { VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, VFIO_REGION_INFO_CAP_TYPE, VFIO_REGION_TYPE_PCI_VENDOR_TYPE } from '../../lib/uapi/vfio.js';
 
 const PAGE = 4096;
 
@@ -28,15 +24,28 @@ for (const mode of ['cdev', 'group'] as const) {
     t.throws(() => io.regionInfo(8), { code: 'ENOENT', request: 'VFIO_DEVICE_GET_REGION_INFO', device: '0000:00:03.0' }, 'no VGA');
     t.throws(() => io.regionInfo(9), { code: 'EINVAL', message: /regions 0\.\.8/ });
     t.throws(() => io.regionInfo(-1), { code: 'EINVAL' });
-    t.same(io.regions().map((x) => x.name), ['bar0', 'bar1', 'bar2', 'bar3', 'bar4', 'bar5', 'rom', 'config']);
+    t.same(
+      io.regions().map((x) => x.name),
+      ['bar0', 'bar1', 'bar2', 'bar3', 'bar4', 'bar5', 'rom', 'config'],
+    );
   });
 }
 
 t.test('capability chain: sparse areas, region type, MSI-X mappable', async (t) => {
   const dev = pciDevice({
-    address: '0000:00:04.0', vendor: 0x8086, device: 0x1234, class: 0x020000,
+    address: '0000:00:04.0',
+    vendor: 0x8086,
+    device: 0x1234,
+    class: 0x020000,
     bars: [
-      { index: 0, size: 4 * PAGE, sparse: [{ offset: 0, size: PAGE }, { offset: 2 * PAGE, size: 2 * PAGE }] },
+      {
+        index: 0,
+        size: 4 * PAGE,
+        sparse: [
+          { offset: 0, size: PAGE },
+          { offset: 2 * PAGE, size: 2 * PAGE },
+        ],
+      },
       { index: 2, size: 4 * PAGE, type: 'mem64' },
     ],
     irqs: { msix: 8, msixBar: 2 },
@@ -45,14 +54,23 @@ t.test('capability chain: sparse areas, region type, MSI-X mappable', async (t) 
   const r = rig({ devices: [dev] });
   t.teardown(() => r.dispose());
   const { io } = r.open('0000:00:04.0');
-  t.same(io.regionInfo(0).sparseAreas, [{ offset: 0, size: PAGE }, { offset: 2 * PAGE, size: 2 * PAGE }]);
+  t.same(io.regionInfo(0).sparseAreas, [
+    { offset: 0, size: PAGE },
+    { offset: 2 * PAGE, size: 2 * PAGE },
+  ]);
   const bar2 = io.regionInfo(2);
   t.equal(bar2.msixMappable, true);
-  t.same(bar2.capabilities.map((c) => c.id), [VFIO_REGION_INFO_CAP_MSIX_MAPPABLE]);
+  t.same(
+    bar2.capabilities.map((c) => c.id),
+    [VFIO_REGION_INFO_CAP_MSIX_MAPPABLE],
+  );
   t.match(io.regionInfo(3), { size: 0 }, 'upper half of a 64-bit BAR');
   const special = io.regionInfo(9);
   t.match(special, { name: 'region9', size: PAGE, mappable: true, type: { subtype: 3, vendorId: 0x8086 } });
-  t.same(special.capabilities.map((c) => c.id), [VFIO_REGION_INFO_CAP_TYPE]);
+  t.same(
+    special.capabilities.map((c) => c.id),
+    [VFIO_REGION_INFO_CAP_TYPE],
+  );
   // A device-specific region maps like any other.
   const reg = io.mapRegion(9);
   reg.write32(8, 0x5a5a5a5a);
@@ -137,14 +155,29 @@ t.test('memory decoding: mapBar turns it on before mapping', async (t) => {
 
 t.test('sparse BAR: only the sparse areas are mapped, the rest is pread/pwrite', async (t) => {
   const dev = pciDevice({
-    address: '0000:00:05.0', vendor: 0x1af4, device: 0x1000, class: 0x020000,
-    bars: [{ index: 0, size: 4 * PAGE, sparse: [{ offset: PAGE, size: PAGE }, { offset: 3 * PAGE, size: PAGE }] }],
+    address: '0000:00:05.0',
+    vendor: 0x1af4,
+    device: 0x1000,
+    class: 0x020000,
+    bars: [
+      {
+        index: 0,
+        size: 4 * PAGE,
+        sparse: [
+          { offset: PAGE, size: PAGE },
+          { offset: 3 * PAGE, size: PAGE },
+        ],
+      },
+    ],
   });
   const r = rig({ devices: [dev], mode: 'group' });
   t.teardown(() => r.dispose());
   const { io } = r.open('0000:00:05.0');
   const bar = io.mapBar(0);
-  t.same(bar.mappedAreas, [{ offset: PAGE, size: PAGE }, { offset: 3 * PAGE, size: PAGE }]);
+  t.same(bar.mappedAreas, [
+    { offset: PAGE, size: PAGE },
+    { offset: 3 * PAGE, size: PAGE },
+  ]);
   t.equal(r.kernel.leaks().mappings, 2);
   const data = Uint8Array.from({ length: 64 }, (_, i) => i ^ 0x5a);
   bar.copyIn(PAGE - 32, data); // half through pwrite, half through the mapping
@@ -161,8 +194,14 @@ t.test('sparse BAR: only the sparse areas are mapped, the rest is pread/pwrite',
 
 t.test('I/O BAR and read-only BAR: pread/pwrite with the right decoding', async (t) => {
   const dev = pciDevice({
-    address: '0000:00:06.0', vendor: 0x1af4, device: 0x1001, class: 0x010000,
-    bars: [{ index: 0, size: 64, type: 'io' }, { index: 1, size: PAGE, write: false }],
+    address: '0000:00:06.0',
+    vendor: 0x1af4,
+    device: 0x1001,
+    class: 0x010000,
+    bars: [
+      { index: 0, size: 64, type: 'io' },
+      { index: 1, size: PAGE, write: false },
+    ],
   });
   const r = rig({ devices: [dev] });
   t.teardown(() => r.dispose());
@@ -184,7 +223,10 @@ t.test('the MSI-X table is never mapped when the kernel does not allow it', asyn
   // Older kernels (and the fake with a hand-made region info) give no
   // MSIX_MAPPABLE capability: mapBar must leave the table's page unmapped.
   const dev = pciDevice({
-    address: '0000:00:07.0', vendor: 0x1af4, device: 0x1002, class: 0x020000,
+    address: '0000:00:07.0',
+    vendor: 0x1af4,
+    device: 0x1002,
+    class: 0x020000,
     bars: [{ index: 0, size: 4 * PAGE }],
     irqs: { msix: 4, msixBar: 0, msixTableOffset: 2 * PAGE, msixPbaOffset: 3 * PAGE },
   });
@@ -235,8 +277,20 @@ t.test('a region closed on its own leaves the others working', async (t) => {
 
 t.test('a failing mmap leaves no mapping behind', async (t) => {
   const dev = pciDevice({
-    address: '0000:00:05.0', vendor: 0x1af4, device: 0x1000, class: 0x020000,
-    bars: [{ index: 0, size: 4 * PAGE, sparse: [{ offset: 0, size: PAGE }, { offset: 2 * PAGE, size: PAGE }] }],
+    address: '0000:00:05.0',
+    vendor: 0x1af4,
+    device: 0x1000,
+    class: 0x020000,
+    bars: [
+      {
+        index: 0,
+        size: 4 * PAGE,
+        sparse: [
+          { offset: 0, size: PAGE },
+          { offset: 2 * PAGE, size: PAGE },
+        ],
+      },
+    ],
   });
   const r = rig({ devices: [dev] });
   t.teardown(() => r.dispose());
@@ -290,14 +344,29 @@ t.test('views: typed arrays over the BAR for hot loops', async (t) => {
 
 t.test('every width on a BAR that starts mapped: the leading mapping, the pread/pwrite gap, the next mapping', async (t) => {
   const dev = pciDevice({
-    address: '0000:00:08.0', vendor: 0x1af4, device: 0x1003, class: 0x020000,
-    bars: [{ index: 0, size: 4 * PAGE, sparse: [{ offset: 0, size: PAGE }, { offset: 2 * PAGE, size: PAGE }] }],
+    address: '0000:00:08.0',
+    vendor: 0x1af4,
+    device: 0x1003,
+    class: 0x020000,
+    bars: [
+      {
+        index: 0,
+        size: 4 * PAGE,
+        sparse: [
+          { offset: 0, size: PAGE },
+          { offset: 2 * PAGE, size: PAGE },
+        ],
+      },
+    ],
   });
   const r = rig({ devices: [dev] });
   t.teardown(() => r.dispose());
   const { io } = r.open('0000:00:08.0');
   const bar = io.mapBar(0);
-  t.same(bar.mappedAreas, [{ offset: 0, size: PAGE }, { offset: 2 * PAGE, size: PAGE }]);
+  t.same(bar.mappedAreas, [
+    { offset: 0, size: PAGE },
+    { offset: 2 * PAGE, size: PAGE },
+  ]);
   const backing = r.kernel.device('0000:00:08.0').bar(0);
   const at = (o: number, n: number): number[] => [...backing.subarray(o, o + n)];
   for (const o of [0, PAGE - 8, PAGE, 2 * PAGE - 8, 2 * PAGE, 4 * PAGE - 8]) {
@@ -315,5 +384,6 @@ t.test('every width on a BAR that starts mapped: the leading mapping, the pread/
   t.throws(() => bar.read64(4 * PAGE), { code: 'EINVAL', message: /outside/ });
   t.throws(() => bar.write16(PAGE - 1, 0), { code: 'EINVAL', message: /aligned/ });
   bar.close();
-  for (const call of [() => bar.read8(0), () => bar.read64(0), () => bar.write16(0, 0), () => bar.write64(2 * PAGE, 0n)]) t.throws(call, { code: 'ECLOSED' });
+  for (const call of [() => bar.read8(0), () => bar.read64(0), () => bar.write16(0, 0), () => bar.write64(2 * PAGE, 0n)])
+    t.throws(call, { code: 'ECLOSED' });
 });

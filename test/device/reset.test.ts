@@ -18,7 +18,10 @@ function pair() {
 t.test('function reset', async (t) => {
   // A device with a function-level reset whose state is its BAR memory (edu's
   // registers survive a reset, as on QEMU: it has no reset handler).
-  const r = rig({ devices: [pciDevice({ address: A, vendor: 0x8086, device: 0x10d3, class: 0x020000, pcie: true, bars: [{ index: 0, size: 0x80000 }] })], log: true });
+  const r = rig({
+    devices: [pciDevice({ address: A, vendor: 0x8086, device: 0x10d3, class: 0x020000, pcie: true, bars: [{ index: 0, size: 0x80000 }] })],
+    log: true,
+  });
   t.teardown(() => r.dispose());
   const { io } = r.open();
   const bar = io.mapBar(0);
@@ -51,7 +54,13 @@ t.test('group mode: info lists groups; reset passes the affected groups', async 
   const a = r.open(A);
   const info = a.io.hotResetInfo();
   t.equal(info.byDevid, false);
-  t.same(info.devices.map((d) => [d.address, d.groupId, d.slot, d.function]), [[A, 3, 3, 0], [B, 4, 4, 0]]);
+  t.same(
+    info.devices.map((d) => [d.address, d.groupId, d.slot, d.function]),
+    [
+      [A, 3, 3, 0],
+      [B, 4, 4, 0],
+    ],
+  );
   // Only group 3 is open: group 4's device would be reset without proof of ownership.
   t.throws(() => a.io.hotReset(), { code: 'EPERM', message: /0000:00:04\.0 in IOMMU group 4/ });
   t.equal(r.kernel.log.filter((c) => c.request === VFIO_DEVICE_PCI_HOT_RESET).length, 0, 'refused before the ioctl');
@@ -68,7 +77,10 @@ t.test('cdev mode: info lists devids; reset passes the empty group-fd array', as
   const lone = a.io.hotResetInfo();
   t.equal(lone.byDevid, true);
   t.equal(lone.allOwned, false);
-  t.match(lone.devices, [{ address: A, owned: true, groupId: null }, { address: B, owned: false, devid: null }]);
+  t.match(lone.devices, [
+    { address: A, owned: true, groupId: null },
+    { address: B, owned: false, devid: null },
+  ]);
   t.ok((lone.devices[0]!.devid ?? 0) > 0, 'our own device has a devid');
   t.throws(() => a.io.hotReset(), { code: 'EPERM', message: /0000:00:04\.0 not bound to this iommufd/ });
   r.open(B);

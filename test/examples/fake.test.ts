@@ -28,7 +28,12 @@ for (const mode of MODES) {
     t.equal(lines[0], `edu ${EDU}, ${mode} mode, BAR0 through pread/pwrite`);
     t.equal(lines[1], '  identification  0x010000ed (edu version 1.0)');
     t.equal(lines[2], '  liveness        wrote 0x12345678, read back 0xedcba987: alive');
-    t.match(lines[3], new RegExp(`^  DMA round trip  2048 bytes RAM -> edu -> RAM at ${mode === 'noiommu' ? 'physical address' : 'IOVA'} 0x[0-9a-f]+: verified$`));
+    t.match(
+      lines[3],
+      new RegExp(
+        `^  DMA round trip  2048 bytes RAM -> edu -> RAM at ${mode === 'noiommu' ? 'physical address' : 'IOVA'} 0x[0-9a-f]+: verified$`,
+      ),
+    );
     t.equal(lines[4], '  factorial       12! = 479001600 (completion signalled by MSI)');
     ctx.close();
     t.same(kernel.leaks(), NO_LEAKS);
@@ -39,11 +44,11 @@ for (const mode of MODES) {
     t.teardown(() => kernel.dispose());
     {
       using dev = Edu.open(ctx, EDU);
-      t.ok(dev.mapped, 'BAR0 is mmap\'d');
+      t.ok(dev.mapped, "BAR0 is mmap'd");
       t.same(dev.identify(), { id: 0x010000ed, major: 1, minor: 0 });
       const dma = await dev.dmaRoundTrip();
       t.equal(dma.verified, true, 'DMA round trip through the container');
-      t.ok(dma.iova + 4096n <= 2n ** 28n, 'below edu\'s 28-bit DMA limit');
+      t.ok(dma.iova + 4096n <= 2n ** 28n, "below edu's 28-bit DMA limit");
       t.equal(await dev.factorial(10), 3628800);
       t.equal(kernel.device(EDU).irqType, 1, 'MSI (VFIO IRQ index 1) is wired');
     }
@@ -104,7 +109,14 @@ for (const mode of MODES) {
     ]);
     lines.length = 0;
     // 64-bit accesses: edu takes them from 0x80 on (its DMA registers)...
-    t.equal(mapBarMain([EDU, '0', '--poke', '0x80=0x123456789abcdef0', '--peek', '0x80', '--width', '64', '--offset', '0x80', '--length', '16'], ctx, log), 0);
+    t.equal(
+      mapBarMain(
+        [EDU, '0', '--poke', '0x80=0x123456789abcdef0', '--peek', '0x80', '--width', '64', '--offset', '0x80', '--length', '16'],
+        ctx,
+        log,
+      ),
+      0,
+    );
     t.same(lines.slice(1), [
       'poke 0x00000080 (64-bit) <- 0x123456789abcdef0',
       'peek 0x00000080 (64-bit) = 0x123456789abcdef0',
@@ -123,7 +135,18 @@ t.test('map-bar: bad arguments and failures', async (t) => {
   const { kernel, ctx, log } = machine('group');
   t.teardown(() => kernel.dispose());
   const errors = t.capture(console, 'error');
-  for (const args of [[EDU], [EDU, '6'], [EDU, '0', '--width', '12'], [EDU, '0', '--offset', '2'], [EDU, '0', '--length', '0'], [EDU, '0', '--peek', '1'], [EDU, '0', '--poke', '4'], [EDU, '0', '--poke', '4=0x100000000'], [EDU, '0', '--offset', '0x100000'], [EDU, '0', '--x']]) {
+  for (const args of [
+    [EDU],
+    [EDU, '6'],
+    [EDU, '0', '--width', '12'],
+    [EDU, '0', '--offset', '2'],
+    [EDU, '0', '--length', '0'],
+    [EDU, '0', '--peek', '1'],
+    [EDU, '0', '--poke', '4'],
+    [EDU, '0', '--poke', '4=0x100000000'],
+    [EDU, '0', '--offset', '0x100000'],
+    [EDU, '0', '--x'],
+  ]) {
     t.equal(mapBarMain(args, ctx, log), 2, args.join(' '));
   }
   t.equal(mapBarMain([EDU, '1'], ctx, log), 1, 'an absent BAR');
@@ -147,7 +170,14 @@ t.test('list-devices', async (t) => {
   ]);
   lines.length = 0;
   t.equal(listMain(['--json'], ctx, kernel.sysfsRoot, log), 0);
-  t.same(JSON.parse(lines.join('\n'))[1], { address: '0000:00:04.0', id: '1234:11e8', driver: 'vfio-pci', iommuGroup: 6, mode: 'cdev', viable: true });
+  t.same(JSON.parse(lines.join('\n'))[1], {
+    address: '0000:00:04.0',
+    id: '1234:11e8',
+    driver: 'vfio-pci',
+    iommuGroup: 6,
+    mode: 'cdev',
+    viable: true,
+  });
   const errors = t.capture(console, 'error');
   t.equal(listMain(['--all'], ctx, kernel.sysfsRoot, log), 2);
   t.match(String(errors()[0]?.args[0]), /^list-devices: Unknown option '--all'/);

@@ -66,7 +66,14 @@ t.test('forcing a mode: option, VFIO_MODE, and which wins', async (t) => {
   }
   {
     const kernel = new FakeKernel({ mode: 'group', devices: [edu()] });
-    const vfio = createVfio({ sys: kernel.sys, sysfs: kernel.sysfsRoot, dev: kernel.devRoot, proc: kernel.procRoot, mode: 'group', env: { VFIO_MODE: 'cdev' } });
+    const vfio = createVfio({
+      sys: kernel.sys,
+      sysfs: kernel.sysfsRoot,
+      dev: kernel.devRoot,
+      proc: kernel.procRoot,
+      mode: 'group',
+      env: { VFIO_MODE: 'cdev' },
+    });
     t.equal(vfio.getMode(EDU), 'group', 'the option overrides VFIO_MODE');
     kernel.dispose();
   }
@@ -99,8 +106,15 @@ t.test('a forced mode the machine or the device cannot give is ENXIO, with the r
   for (const [machineMode, forced, reason] of cases) {
     const { kernel, vfio } = machine(machineMode, {}, { VFIO_MODE: forced });
     const err = vfioErrorOf(() => vfio.getMode(EDU));
-    t.match(err, { code: 'ENXIO', device: EDU, message: new RegExp(`${forced} mode was forced but is not available: .*${reason.source}`) }, `${forced} on a ${machineMode} machine`);
-    t.match(vfioErrorOf(() => vfio.openDevice(EDU)), { code: 'ENXIO' });
+    t.match(
+      err,
+      { code: 'ENXIO', device: EDU, message: new RegExp(`${forced} mode was forced but is not available: .*${reason.source}`) },
+      `${forced} on a ${machineMode} machine`,
+    );
+    t.match(
+      vfioErrorOf(() => vfio.openDevice(EDU)),
+      { code: 'ENXIO' },
+    );
     t.same(kernel.leaks(), NO_LEAKS);
     kernel.dispose();
   }
@@ -132,8 +146,16 @@ t.test('an assigned device opens without a second look at sysfs; others are stil
     for (const l of links) renameSync(l, `${l}.away`);
     const dev = vfio.openDevice('00:03.0');
     t.equal(dev.container, container, `${mode}: found by its canonical address, in its container`);
-    t.match(vfioErrorOf(() => vfio.openDevice('00:03.0')), { code: 'EEXIST' }, `${mode}: and only once`);
-    t.match(vfioErrorOf(() => vfio.openDevice('0000:00:03.0/..')), { code: 'EINVAL' }, `${mode}: the address is still checked first`);
+    t.match(
+      vfioErrorOf(() => vfio.openDevice('00:03.0')),
+      { code: 'EEXIST' },
+      `${mode}: and only once`,
+    );
+    t.match(
+      vfioErrorOf(() => vfio.openDevice('0000:00:03.0/..')),
+      { code: 'EINVAL' },
+      `${mode}: the address is still checked first`,
+    );
     t.match(
       vfioErrorOf(() => vfio.openDevice(EDU2)),
       { code: 'ENODEV', device: EDU2, message: /no such PCI device/ },
@@ -158,10 +180,18 @@ t.test('locating a device reads what its setup needs: not its ids, the cdev node
       { address: EDU, driver: d.driver, iommuGroup: d.iommuGroup, noiommu: d.noiommu, groupNode: d.groupNode, cdevNode: d.cdevNode },
       `${mode}: the description without its ids`,
     );
-    t.same(locatePciDevice(roots, EDU, { cdev: false }), { ...loc, cdevNode: null }, `${mode}: cdev: false does not look for the cdev node`);
+    t.same(
+      locatePciDevice(roots, EDU, { cdev: false }),
+      { ...loc, cdevNode: null },
+      `${mode}: cdev: false does not look for the cdev node`,
+    );
     const dir = join(kernel.sysfsRoot, 'bus', 'pci', 'devices', EDU);
     renameSync(join(dir, 'vendor'), join(dir, 'vendor.away'));
-    t.match(vfioErrorOf(() => vfio.describeDevice(EDU)), { code: 'ENODEV', message: /cannot read vendor/ }, `${mode}: describing reads the ids`);
+    t.match(
+      vfioErrorOf(() => vfio.describeDevice(EDU)),
+      { code: 'ENODEV', message: /cannot read vendor/ },
+      `${mode}: describing reads the ids`,
+    );
     t.same(locatePciDevice(roots, EDU), loc, `${mode}: locating does not`);
     const dev = vfio.openDevice(EDU);
     t.equal(dev.address, EDU, `${mode}: nor does setting the device up`);
@@ -172,13 +202,25 @@ t.test('locating a device reads what its setup needs: not its ids, the cdev node
       { code: 'ENODEV', device: '0000:00:1f.0', message: /no such PCI device in .*\/bus\/pci\/devices\)$/ },
       `${mode}: a missing device`,
     );
-    t.match(vfioErrorOf(() => locatePciDevice(roots, '00:03.0/..')), { code: 'EINVAL' }, `${mode}: the address is checked first`);
+    t.match(
+      vfioErrorOf(() => locatePciDevice(roots, '00:03.0/..')),
+      { code: 'EINVAL' },
+      `${mode}: the address is checked first`,
+    );
     // A device with neither a driver nor an IOMMU group exists all the same.
     const links = ['driver', 'iommu_group'].map((l) => ({ path: join(dir, l), target: readlinkSync(join(dir, l)) }));
     for (const l of links) rmSync(l.path);
-    t.match(locatePciDevice(roots, EDU), { address: EDU, driver: null, iommuGroup: null, noiommu: false, groupNode: null }, `${mode}: no driver, no group`);
+    t.match(
+      locatePciDevice(roots, EDU),
+      { address: EDU, driver: null, iommuGroup: null, noiommu: false, groupNode: null },
+      `${mode}: no driver, no group`,
+    );
     const again = createVfio({ sys: kernel.sys, ...roots, env: {} });
-    t.match(vfioErrorOf(() => again.openDevice(EDU)), { code: 'ENODEV', message: /not managed by VFIO: no driver is bound/ }, `${mode}: not managed`);
+    t.match(
+      vfioErrorOf(() => again.openDevice(EDU)),
+      { code: 'ENODEV', message: /not managed by VFIO: no driver is bound/ },
+      `${mode}: not managed`,
+    );
     for (const l of links) symlinkSync(l.target, l.path);
     t.same(kernel.leaks(), NO_LEAKS, `${mode}: nothing left open`);
     kernel.dispose();
@@ -215,7 +257,11 @@ t.test('openDevice of an assigned device: any spelling of its address, and only 
   dev.release();
   container.assignDevice(EDU);
   t.equal(vfio.openDevice('00:03.0').container, container, 'another spelling');
-  t.match(vfioErrorOf(() => vfio.openDevice(3 as unknown as string)), { code: 'EINVAL' }, 'not a string: EINVAL');
+  t.match(
+    vfioErrorOf(() => vfio.openDevice(3 as unknown as string)),
+    { code: 'EINVAL' },
+    'not a string: EINVAL',
+  );
   vfio.close();
   t.same(kernel.leaks(), NO_LEAKS);
 });

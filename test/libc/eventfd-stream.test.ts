@@ -65,7 +65,13 @@ t.test('Sys.watchEventfd takes the event loop, not the poll thread', async (t) =
   t.teardown(() => sys.close(fd));
   let w: ReturnType<typeof sys.watchEventfd> | undefined;
   const count = new Promise<number>((resolve, reject) => {
-    w = sys.watchEventfd(fd, { onCount: (n) => { w!.close(); resolve(n); }, onError: reject });
+    w = sys.watchEventfd(fd, {
+      onCount: (n) => {
+        w!.close();
+        resolve(n);
+      },
+      onError: reject,
+    });
     w.start();
   });
   t.equal(EventfdPoller.of(sys).size, 0, 'the poll thread watches nothing');
@@ -80,7 +86,8 @@ t.test('a stopped watcher does not keep the process alive; a started one does', 
     const w = sys.watchEventfd(fd, { onCount: () => {}, onError: () => {} });
     ${startIt ? 'w.start(); setTimeout(() => { console.log("still alive"); w.close(); }, 300);' : ''}
   `;
-  const run = (startIt: boolean) => spawnSync(process.execPath, [...process.execArgv, '--input-type=module', '-e', script(startIt)], { encoding: 'utf8', timeout: 20_000 });
+  const run = (startIt: boolean) =>
+    spawnSync(process.execPath, [...process.execArgv, '--input-type=module', '-e', script(startIt)], { encoding: 'utf8', timeout: 20_000 });
   const stopped = run(false);
   t.equal(stopped.status, 0, stopped.stderr);
   t.equal(stopped.stdout, '', 'exited at once');
@@ -108,10 +115,15 @@ t.test('many watchers at once, each with its own counts', async (t) => {
   const fds = Array.from({ length: 32 }, () => sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   t.teardown(() => fds.forEach((fd) => sys.close(fd)));
   const got = new Map<number, number>();
-  const ws = fds.map((fd, i) => sys.watchEventfd(fd, { onCount: (n) => got.set(i, (got.get(i) ?? 0) + n), onError: (e) => t.fail(String(e)) }));
+  const ws = fds.map((fd, i) =>
+    sys.watchEventfd(fd, { onCount: (n) => got.set(i, (got.get(i) ?? 0) + n), onError: (e) => t.fail(String(e)) }),
+  );
   ws.forEach((w) => w.start());
   fds.forEach((fd, i) => signal(fd, BigInt(i + 1)));
   while (got.size < fds.length) await tick();
-  t.same([...got.entries()].sort((a, b) => a[0] - b[0]).map(([, n]) => n), fds.map((_, i) => i + 1));
+  t.same(
+    [...got.entries()].sort((a, b) => a[0] - b[0]).map(([, n]) => n),
+    fds.map((_, i) => i + 1),
+  );
   ws.forEach((w) => w.close());
 });

@@ -3,7 +3,16 @@ import t from 'tap';
 import { koffiSys as sys } from '../../lib/libc/koffi-sys.js';
 import { VfioError } from '../../lib/base/errors.js';
 import {
-  EFD_CLOEXEC, EFD_NONBLOCK, MAP_SHARED, MFD_CLOEXEC, O_CLOEXEC, O_RDWR, POLLIN, POLLNVAL, PROT_READ, PROT_WRITE,
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  MAP_SHARED,
+  MFD_CLOEXEC,
+  O_CLOEXEC,
+  O_RDWR,
+  POLLIN,
+  POLLNVAL,
+  PROT_READ,
+  PROT_WRITE,
 } from '../../lib/libc/sys.js';
 
 /** What a raw mmap returns on failure; koffiSys must never hand it out. */
@@ -11,9 +20,19 @@ const MAP_FAILED = 0xffffffffffffffffn;
 
 t.test('open: ENOENT names the path', async (t) => {
   t.throws(() => sys.open('/nonexistent/vfio', O_RDWR | O_CLOEXEC), {
-    name: 'VfioError', code: 'ENOENT', errno: 2, syscall: 'open', path: '/nonexistent/vfio',
+    name: 'VfioError',
+    code: 'ENOENT',
+    errno: 2,
+    syscall: 'open',
+    path: '/nonexistent/vfio',
   });
-  const err = (() => { try { sys.open('/nonexistent/x', O_RDWR); } catch (e) { return e; } })();
+  const err = (() => {
+    try {
+      sys.open('/nonexistent/x', O_RDWR);
+    } catch (e) {
+      return e;
+    }
+  })();
   t.ok(err instanceof VfioError);
   t.match((err as Error).message, /^open \/nonexistent\/x: ENOENT$/);
 });
@@ -91,14 +110,35 @@ t.test('tryRead: null when nothing is there, the count when signalled, other err
 t.test('poll: timeout gives zeros, a signalled eventfd gives POLLIN', async (t) => {
   const a = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   const b = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  t.teardown(() => { sys.close(a); sys.close(b); });
+  t.teardown(() => {
+    sys.close(a);
+    sys.close(b);
+  });
   const t0 = Date.now();
-  t.same(sys.poll([{ fd: a, events: POLLIN }, { fd: b, events: POLLIN }], 20), [0, 0]);
+  t.same(
+    sys.poll(
+      [
+        { fd: a, events: POLLIN },
+        { fd: b, events: POLLIN },
+      ],
+      20,
+    ),
+    [0, 0],
+  );
   t.ok(Date.now() - t0 >= 15, 'waited about the timeout');
   const one = Buffer.alloc(8);
   one.writeBigUInt64LE(1n);
   sys.write(b, one);
-  t.same(sys.poll([{ fd: a, events: POLLIN }, { fd: b, events: POLLIN }], 0), [0, POLLIN]);
+  t.same(
+    sys.poll(
+      [
+        { fd: a, events: POLLIN },
+        { fd: b, events: POLLIN },
+      ],
+      0,
+    ),
+    [0, POLLIN],
+  );
 });
 
 t.test('pollAsync: the event loop keeps running while it waits', async (t) => {
@@ -106,7 +146,12 @@ t.test('pollAsync: the event loop keeps running while it waits', async (t) => {
   t.teardown(() => sys.close(fd));
   const waiting = sys.pollAsync([{ fd, events: POLLIN }], 5000);
   let ticked = false;
-  await new Promise<void>((resolve) => setTimeout(() => { ticked = true; resolve(); }, 10));
+  await new Promise<void>((resolve) =>
+    setTimeout(() => {
+      ticked = true;
+      resolve();
+    }, 10),
+  );
   const one = Buffer.alloc(8);
   one.writeBigUInt64LE(1n);
   sys.write(fd, one);

@@ -24,7 +24,11 @@ t.test('packed tarball installs and loads from CommonJS and ESM', { timeout: 240
 
   const cjs = run('node', ['-e', "const v = require('vfio'); console.log(typeof v.VfioError, typeof v.createVfio)"], app);
   t.equal(cjs.trim(), 'function function', 'require() gives the API');
-  const esm = run('node', ['--input-type=module', '-e', "const v = await import('vfio'); console.log(typeof v.VfioError, typeof v.createVfio)"], app);
+  const esm = run(
+    'node',
+    ['--input-type=module', '-e', "const v = await import('vfio'); console.log(typeof v.VfioError, typeof v.createVfio)"],
+    app,
+  );
   t.equal(esm.trim(), 'function function', 'import() gives the API');
   const dts = run('node', ['-e', "console.log(require('fs').existsSync(require.resolve('vfio').replace(/\\.js$/, '.d.ts')))"], app);
   t.equal(dts.trim(), 'true', 'type declarations ship beside the code');

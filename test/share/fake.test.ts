@@ -93,15 +93,27 @@ for (const mode of MODES) {
       t.equal(theirs.ioasId, 3, 'the primary container is the third IOAS of its iommufd');
       t.equal(mine.ioasId, theirs.ioasId, 'the secondary uses the IOAS id of the primary');
       t.not(mine.iommufd, theirs.iommufd, 'through its own iommufd fd');
-      t.same(mine.devices.map((d) => d.devId), theirs.devices.map((d) => d.devId), 'the device id in the iommufd travels too');
+      t.same(
+        mine.devices.map((d) => d.devId),
+        theirs.devices.map((d) => d.devId),
+        'the device id in the iommufd travels too',
+      );
     } else if (mine.mode !== 'cdev' && theirs.mode !== 'cdev') {
       t.equal(mine.iommuType, mode === 'noiommu' ? VFIO_NOIOMMU_IOMMU : VFIO_TYPE1v2_IOMMU, 'the IOMMU type the primary set');
       t.equal(mine.iommuType, theirs.iommuType);
       t.ok(mine.iommuSet, 'set already: the secondary never sets it');
-      t.same(mine.groups.map((g) => ({ group: g.group, devices: g.devices })), [{ group: 3, devices: [EDU] }], 'group membership');
+      t.same(
+        mine.groups.map((g) => ({ group: g.group, devices: g.devices })),
+        [{ group: 3, devices: [EDU] }],
+        'group membership',
+      );
       t.not(mine.containerFd, theirs.containerFd, 'through its own container fd');
     } else t.fail('modes differ');
-    t.match(await rejection(Promise.resolve().then(() => primary.openDevice(EDU))), { code: 'EBUSY' }, 'the primary cannot open a lent device');
+    t.match(
+      await rejection(Promise.resolve().then(() => primary.openDevice(EDU))),
+      { code: 'EBUSY' },
+      'the primary cannot open a lent device',
+    );
 
     using bar = dev.mapBar(0);
     t.equal(bar.read32(0), EDU_ID, 'BAR0 mapped in the secondary');
@@ -285,7 +297,12 @@ t.test('protocol versions: each side refuses the other version with EPROTONOSUPP
   const conn = sys.accept(l, SOCK_CLOEXEC);
   const hello = await receiveJson(kernel, conn);
   t.match(hello, { op: 'hello', version: PROTOCOL_VERSION, pid: process.pid }, 'hello carries the version');
-  sys.sendmsg(conn, Buffer.from(JSON.stringify({ protocol: 'vfio-share', version: 2, id: hello['id'], ok: true, result: {} })), [], MSG_NOSIGNAL);
+  sys.sendmsg(
+    conn,
+    Buffer.from(JSON.stringify({ protocol: 'vfio-share', version: 2, id: hello['id'], ok: true, result: {} })),
+    [],
+    MSG_NOSIGNAL,
+  );
   t.match(await pending, { code: 'EPROTONOSUPPORT' });
   sys.close(conn);
   sys.close(l);
@@ -306,7 +323,12 @@ t.test('a malformed grant: EPROTO, and its fds are closed', async (t) => {
   const conn = sys.accept(l, SOCK_CLOEXEC);
   const hello = await receiveJson(kernel, conn);
   const result = { pid: 7, containers: [{ index: 0, mode: 'cdev', devices: [EDU] }], buffers: [] };
-  sys.sendmsg(conn, Buffer.from(JSON.stringify({ protocol: 'vfio-share', version: 1, id: hello['id'], ok: true, result })), [], MSG_NOSIGNAL);
+  sys.sendmsg(
+    conn,
+    Buffer.from(JSON.stringify({ protocol: 'vfio-share', version: 1, id: hello['id'], ok: true, result })),
+    [],
+    MSG_NOSIGNAL,
+  );
   const sec = await connecting;
   t.equal(sec.primaryPid, 7);
   const attaching = rejection(sec.attachContainer(0));
@@ -316,7 +338,12 @@ t.test('a malformed grant: EPROTO, and its fds are closed', async (t) => {
   const before = kernel.leaks().fds;
   // An IOAS id in a string, and an fd slot the message does not carry.
   const bad = { container: { mode: 'cdev', iommufd: 3, ioasId: '2' } };
-  sys.sendmsg(conn, Buffer.from(JSON.stringify({ protocol: 'vfio-share', version: 1, id: req['id'], ok: true, result: bad })), [decoy], MSG_NOSIGNAL);
+  sys.sendmsg(
+    conn,
+    Buffer.from(JSON.stringify({ protocol: 'vfio-share', version: 1, id: req['id'], ok: true, result: bad })),
+    [decoy],
+    MSG_NOSIGNAL,
+  );
   t.match(await attaching, { code: 'EPROTO' });
   t.equal(kernel.leaks().fds, before - 1, 'the fd that came with it was closed (and the socket: the connection ended)');
   t.notOk(sec.connected);

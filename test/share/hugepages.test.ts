@@ -47,12 +47,12 @@ for (const mode of MODES) {
     const imported = await sec.importBuffer('huge');
     t.equal(imported.hugepages, true, 'importBuffer: hugepages carried by the grant');
     t.equal(imported.size, HUGE, 'the whole huge page');
-    t.equal(imported.iova, huge.iova, 'the lender\'s IOVA');
+    t.equal(imported.iova, huge.iova, "the lender's IOVA");
     t.equal(imported.vaddr % BigInt(HUGE), 0n, 'mapped on a huge-page boundary here too');
     t.equal(imported.bytes[HUGE - 1], 0x5a, 'the same pages');
     imported.bytes[0] = 0xa5;
     t.equal(huge.bytes[0], 0xa5, 'both ways');
-    t.equal(kernel.hugepagesFree, 3, 'the secondary\'s mapping takes no huge page of its own');
+    t.equal(kernel.hugepagesFree, 3, "the secondary's mapping takes no huge page of its own");
     const plain = await sec.importBuffer('small');
     t.equal(plain.hugepages, false, 'a buffer on normal pages stays one');
 

@@ -32,7 +32,11 @@ function attach(k: FakeKernel, dev: number, pt: number): number {
 }
 
 function detach(k: FakeKernel, dev: number): void {
-  k.sys.ioctl(dev, V.VFIO_DEVICE_DETACH_IOMMUFD_PT, alloc(V.vfio_device_detach_iommufd_pt, { argsz: V.vfio_device_detach_iommufd_pt.size }));
+  k.sys.ioctl(
+    dev,
+    V.VFIO_DEVICE_DETACH_IOMMUFD_PT,
+    alloc(V.vfio_device_detach_iommufd_pt, { argsz: V.vfio_device_detach_iommufd_pt.size }),
+  );
 }
 
 function map(k: FakeKernel, fd: number, ioas: number, userVa: bigint, length: bigint, iova?: bigint, flags = MAP_RW): bigint {
@@ -61,7 +65,10 @@ function ranges(k: FakeKernel, fd: number, ioas: number, room = 8): { start: big
     k.sys.ioctl(fd, I.IOMMU_IOAS_IOVA_RANGES, r);
     const n = get(I.iommu_ioas_iova_ranges, r, 'num_iovas');
     const bytes = k.sys.view(arr, n * I.iommu_iova_range.size);
-    const out = Array.from({ length: n }, (_, i) => read(I.iommu_iova_range, bytes, i * I.iommu_iova_range.size)) as { start: bigint; last: bigint }[] & { alignment?: bigint };
+    const out = Array.from({ length: n }, (_, i) => read(I.iommu_iova_range, bytes, i * I.iommu_iova_range.size)) as {
+      start: bigint;
+      last: bigint;
+    }[] & { alignment?: bigint };
     out.alignment = get(I.iommu_ioas_iova_ranges, r, 'out_iova_alignment');
     return out;
   } finally {
@@ -92,7 +99,11 @@ t.test('BIND_IOMMUFD: argument checks, single bind, exclusion with the group pat
   const dev = s.open(`${k.devRoot}/vfio/devices/vfio0`, O_RDWR);
   const B = V.vfio_device_bind_iommufd;
   t.throws(() => s.ioctl(dev, V.VFIO_DEVICE_BIND_IOMMUFD, alloc(B, { argsz: 8, iommufd: iommu })), { code: 'EINVAL' }, 'argsz');
-  t.throws(() => s.ioctl(dev, V.VFIO_DEVICE_BIND_IOMMUFD, alloc(B, { argsz: B.size, flags: 1, iommufd: iommu })), { code: 'EINVAL' }, 'flags');
+  t.throws(
+    () => s.ioctl(dev, V.VFIO_DEVICE_BIND_IOMMUFD, alloc(B, { argsz: B.size, flags: 1, iommufd: iommu })),
+    { code: 'EINVAL' },
+    'flags',
+  );
   t.throws(() => s.ioctl(dev, V.VFIO_DEVICE_BIND_IOMMUFD, alloc(B, { argsz: B.size, iommufd: -1 })), { code: 'EINVAL' }, 'negative fd');
   t.throws(() => s.ioctl(dev, V.VFIO_DEVICE_BIND_IOMMUFD, alloc(B, { argsz: B.size, iommufd: 77 })), { code: 'EBADF' });
   const efd = s.eventfd(0, 0);
@@ -189,12 +200,20 @@ t.test('attach: an automatic HWPT, aperture and reserved regions, pinning, EMSGS
   t.equal(hwpt, 3);
   t.equal(k.leaks().pinned, 2, 'attaching pins what was mapped');
   const r = ranges(k, fd, ioas);
-  t.same([...r], [
-    { start: 0n, last: 0xfedfffffn },
-    { start: 0xfef00000n, last: (1n << 48n) - 1n },
-  ]);
+  t.same(
+    [...r],
+    [
+      { start: 0n, last: 0xfedfffffn },
+      { start: 0xfef00000n, last: (1n << 48n) - 1n },
+    ],
+  );
   t.equal(r.alignment, 4096n);
-  const small = alloc(I.iommu_ioas_iova_ranges, { size: I.iommu_ioas_iova_ranges.size, ioas_id: ioas, num_iovas: 1, allowed_iovas: buf + 8192n });
+  const small = alloc(I.iommu_ioas_iova_ranges, {
+    size: I.iommu_ioas_iova_ranges.size,
+    ioas_id: ioas,
+    num_iovas: 1,
+    allowed_iovas: buf + 8192n,
+  });
   t.throws(() => s.ioctl(fd, I.IOMMU_IOAS_IOVA_RANGES, small), { code: 'EMSGSIZE' });
   t.equal(get(I.iommu_ioas_iova_ranges, small, 'num_iovas'), 2, 'num_iovas tells how many there are');
   const bad = alloc(I.iommu_ioas_iova_ranges, { size: I.iommu_ioas_iova_ranges.size, ioas_id: ioas, num_iovas: 2, allowed_iovas: 0x10n });
@@ -273,7 +292,11 @@ t.test('IOMMU_OPTION: RLIMIT_MODE and HUGE_PAGES', async (t) => {
   t.equal(get(O, get1, 'val64'), 0n);
   s.ioctl(fd, I.IOMMU_OPTION, alloc(O, { size: O.size, option_id: I.IOMMU_OPTION_RLIMIT_MODE, op: I.IOMMU_OPTION_OP_SET, val64: 1n }));
   const ioas = ioasAlloc(k, fd);
-  t.throws(() => s.ioctl(fd, I.IOMMU_OPTION, alloc(O, { size: O.size, option_id: I.IOMMU_OPTION_RLIMIT_MODE, op: I.IOMMU_OPTION_OP_SET, val64: 0n })), { code: 'EBUSY' });
+  t.throws(
+    () =>
+      s.ioctl(fd, I.IOMMU_OPTION, alloc(O, { size: O.size, option_id: I.IOMMU_OPTION_RLIMIT_MODE, op: I.IOMMU_OPTION_OP_SET, val64: 0n })),
+    { code: 'EBUSY' },
+  );
   const hp = alloc(O, { size: O.size, option_id: I.IOMMU_OPTION_HUGE_PAGES, op: I.IOMMU_OPTION_OP_GET, object_id: ioas });
   s.ioctl(fd, I.IOMMU_OPTION, hp);
   t.equal(get(O, hp, 'val64'), 1n);

@@ -47,7 +47,16 @@ function irqInfo(k: FakeKernel, d: number, index: number): { flags: number; coun
   return { flags: get(V.vfio_irq_info, r, 'flags'), count: get(V.vfio_irq_info, r, 'count') };
 }
 
-function setIrqs(k: FakeKernel, d: number, index: number, flags: number, start: number, count: number, fds: number[] = [], bools: number[] = []): void {
+function setIrqs(
+  k: FakeKernel,
+  d: number,
+  index: number,
+  flags: number,
+  start: number,
+  count: number,
+  fds: number[] = [],
+  bools: number[] = [],
+): void {
   const data = fds.length > 0 ? fds.length * 4 : bools.length;
   const b = alloc(V.vfio_irq_set, { argsz: V.vfio_irq_set.size + data, flags, index, start, count }, data);
   const dv = new DataView(b.buffer, b.byteOffset);
@@ -77,7 +86,15 @@ function setBusMaster(k: FakeKernel, d: number): void {
 }
 
 t.test('GET_INFO: PCI|RESET, 9 regions, 5 irqs, argsz rules, capability chain', async (t) => {
-  const atomic = pciDevice({ address: '0000:00:04.0', group: 4, vendor: 0x15b3, device: 0x101e, class: 0x020000, pcie: true, atomicOps: { comp32: true, comp64: true } });
+  const atomic = pciDevice({
+    address: '0000:00:04.0',
+    group: 4,
+    vendor: 0x15b3,
+    device: 0x101e,
+    class: 0x020000,
+    pcie: true,
+    atomicOps: { comp32: true, comp64: true },
+  });
   // edu behind a bridge, alone on its bus: its bus reset is its function reset.
   const k = fresh(t, { devices: [edu({ address: '0000:01:00.0', group: 3 }), atomic] });
   const s = k.sys;
@@ -86,7 +103,14 @@ t.test('GET_INFO: PCI|RESET, 9 regions, 5 irqs, argsz rules, capability chain', 
   t.throws(() => s.ioctl(dev.d, V.VFIO_DEVICE_GET_INFO, alloc(L, { argsz: 12 })), { code: 'EINVAL' });
   const info = alloc(L, { argsz: L.size });
   s.ioctl(dev.d, V.VFIO_DEVICE_GET_INFO, info);
-  t.same(read(L, info), { argsz: L.size, flags: V.VFIO_DEVICE_FLAGS_PCI | V.VFIO_DEVICE_FLAGS_RESET, num_regions: 9, num_irqs: 5, cap_offset: 0, pad: 0 });
+  t.same(read(L, info), {
+    argsz: L.size,
+    flags: V.VFIO_DEVICE_FLAGS_PCI | V.VFIO_DEVICE_FLAGS_RESET,
+    num_regions: 9,
+    num_irqs: 5,
+    cap_offset: 0,
+    pad: 0,
+  });
   const dev2 = openDev(k, '0000:00:04.0', '4');
   const i2 = alloc(L, { argsz: L.size });
   s.ioctl(dev2.d, V.VFIO_DEVICE_GET_INFO, i2);
@@ -113,7 +137,14 @@ t.test('GET_REGION_INFO: BARs, config, ROM, VGA, offsets, MSI-X mappable and spa
     pcie: true,
     bars: [
       { index: 0, size: 16384, type: 'mem64' },
-      { index: 2, size: 65536, sparse: [{ offset: 0, size: 4096 }, { offset: 8192, size: 8192 }] },
+      {
+        index: 2,
+        size: 65536,
+        sparse: [
+          { offset: 0, size: 4096 },
+          { offset: 8192, size: 8192 },
+        ],
+      },
       { index: 4, size: 256, type: 'io' },
     ],
     irqs: { msix: 8, msixBar: 0, msixTableOffset: 0x2000 },
@@ -137,7 +168,10 @@ t.test('GET_REGION_INFO: BARs, config, ROM, VGA, offsets, MSI-X mappable and spa
   t.equal(short.cap_offset, 0);
   t.equal(short.argsz, 32 + 8);
   const full = regionInfo(k, nd.d, 0, short.argsz);
-  t.same([...capabilities(full, get(L, full, 'cap_offset'))].map((c) => c.id), [V.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE]);
+  t.same(
+    [...capabilities(full, get(L, full, 'cap_offset'))].map((c) => c.id),
+    [V.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE],
+  );
   t.same(read(L, regionInfo(k, nd.d, 1)).size, 0n, 'the upper half of a 64-bit BAR');
   const sp = regionInfo(k, nd.d, 2, 128);
   const caps = [...capabilities(sp, get(L, sp, 'cap_offset'))];
@@ -149,7 +183,11 @@ t.test('GET_REGION_INFO: BARs, config, ROM, VGA, offsets, MSI-X mappable and spa
   const dr = regionInfo(k, nd.d, 9, 64);
   t.equal(get(L, dr, 'offset'), 9n << 40n);
   const [tc] = [...capabilities(dr, get(L, dr, 'cap_offset'))];
-  t.same(read(V.vfio_region_info_cap_type, dr, tc!.offset), { header: { id: V.VFIO_REGION_INFO_CAP_TYPE, version: 1, next: 0 }, type: 0x80008086, subtype: 1 });
+  t.same(read(V.vfio_region_info_cap_type, dr, tc!.offset), {
+    header: { id: V.VFIO_REGION_INFO_CAP_TYPE, version: 1, next: 0 },
+    type: 0x80008086,
+    subtype: 1,
+  });
   const info = alloc(V.vfio_device_info, { argsz: V.vfio_device_info.size });
   s.ioctl(nd.d, V.VFIO_DEVICE_GET_INFO, info);
   t.equal(get(V.vfio_device_info, info, 'num_regions'), 10);
@@ -182,7 +220,15 @@ t.test('config space through the config region, as vfio-pci virtualizes it', asy
 });
 
 t.test('BAR pread/pwrite: edu registers, bounds, memory enable, MSI-X table exclusion', async (t) => {
-  const msix = pciDevice({ address: '0000:00:06.0', group: 6, vendor: 0x1af4, device: 0x1041, class: 0x020000, bars: [{ index: 0, size: 8192 }], irqs: { msix: 4, msixTableOffset: 0x1000 } });
+  const msix = pciDevice({
+    address: '0000:00:06.0',
+    group: 6,
+    vendor: 0x1af4,
+    device: 0x1041,
+    class: 0x020000,
+    bars: [{ index: 0, size: 8192 }],
+    irqs: { msix: 4, msixTableOffset: 0x1000 },
+  });
   const k = fresh(t, { devices: [edu(), msix] });
   const s = k.sys;
   const { d, close } = openDev(k);
@@ -245,7 +291,14 @@ t.test('mmap of a device opened read-only: no shared writable mapping (EACCES)',
 });
 
 t.test('mmap keeps the device open; memory decoding off makes views fault', async (t) => {
-  const sparse = pciDevice({ address: '0000:00:07.0', group: 7, vendor: 1, device: 2, class: 0x020000, bars: [{ index: 0, size: 16384, sparse: [{ offset: 4096, size: 4096 }] }] });
+  const sparse = pciDevice({
+    address: '0000:00:07.0',
+    group: 7,
+    vendor: 1,
+    device: 2,
+    class: 0x020000,
+    bars: [{ index: 0, size: 16384, sparse: [{ offset: 4096, size: 4096 }] }],
+  });
   const k = fresh(t, { devices: [edu(), sparse] });
   const s = k.sys;
   const dev = openDev(k);
@@ -267,7 +320,17 @@ t.test('mmap keeps the device open; memory decoding off makes views fault', asyn
 });
 
 t.test('GET_IRQ_INFO: counts derived from config space', async (t) => {
-  const pcie = pciDevice({ address: '0000:00:08.0', group: 8, vendor: 1, device: 2, class: 0x020000, pcie: true, bars: [{ index: 0, size: 16384 }], irqs: { msi: 4, msix: 16 }, dynamicMsix: false });
+  const pcie = pciDevice({
+    address: '0000:00:08.0',
+    group: 8,
+    vendor: 1,
+    device: 2,
+    class: 0x020000,
+    pcie: true,
+    bars: [{ index: 0, size: 16384 }],
+    irqs: { msi: 4, msix: 16 },
+    dynamicMsix: false,
+  });
   const k = fresh(t, { devices: [edu(), pcie] });
   const dev = openDev(k);
   t.same(irqInfo(k, dev.d, 0), { flags: V.VFIO_IRQ_INFO_EVENTFD | V.VFIO_IRQ_INFO_MASKABLE | V.VFIO_IRQ_INFO_AUTOMASKED, count: 1 });
@@ -294,13 +357,22 @@ t.test('SET_IRQS: MSI through eventfds, raiseIrq, pollAsync, disable (vfio_pci_i
   t.throws(() => setIrqs(k, d, 1, NONE_TRIGGER, 0, 0), { code: 'EINVAL' }, 'disabling what is not enabled');
   t.throws(() => setIrqs(k, d, 1, EVENTFD_TRIGGER | V.VFIO_IRQ_SET_DATA_BOOL, 0, 1, [efd]), { code: 'EINVAL' }, 'two data types');
   t.throws(() => setIrqs(k, d, 1, V.VFIO_IRQ_SET_DATA_NONE | V.VFIO_IRQ_SET_ACTION_MASK, 0, 1), { code: 'ENOTTY' }, 'MSI has no mask');
-  t.throws(() => setIrqs(k, d, 1, V.VFIO_IRQ_SET_DATA_NONE | V.VFIO_IRQ_SET_ACTION_MASK | V.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1), { code: 'ENOTTY' }, 'two actions');
+  t.throws(
+    () => setIrqs(k, d, 1, V.VFIO_IRQ_SET_DATA_NONE | V.VFIO_IRQ_SET_ACTION_MASK | V.VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1),
+    { code: 'ENOTTY' },
+    'two actions',
+  );
   t.throws(() => setIrqs(k, d, 1, EVENTFD_TRIGGER, 0, 1, [99]), { code: 'EBADF' });
   const notEventfd = s.memfdCreate('x', 0);
   t.throws(() => setIrqs(k, d, 1, EVENTFD_TRIGGER, 0, 1, [notEventfd]), { code: 'EINVAL' });
   s.close(notEventfd);
   t.throws(
-    () => s.ioctl(d, V.VFIO_DEVICE_SET_IRQS, alloc(V.vfio_irq_set, { argsz: V.vfio_irq_set.size, flags: EVENTFD_TRIGGER, index: 1, start: 0, count: 1 })),
+    () =>
+      s.ioctl(
+        d,
+        V.VFIO_DEVICE_SET_IRQS,
+        alloc(V.vfio_irq_set, { argsz: V.vfio_irq_set.size, flags: EVENTFD_TRIGGER, index: 1, start: 0, count: 1 }),
+      ),
     { code: 'EINVAL' },
     'argsz does not cover the eventfd',
   );
@@ -330,7 +402,11 @@ t.test('SET_IRQS: INTx automask, mask/unmask, pending delivery', async (t) => {
   const s = k.sys;
   const { d, close } = openDev(k);
   const efd = s.eventfd(0, EFD_NONBLOCK);
-  t.throws(() => setIrqs(k, d, 0, V.VFIO_IRQ_SET_DATA_NONE | V.VFIO_IRQ_SET_ACTION_UNMASK, 0, 1), { code: 'EINVAL' }, 'unmask before enable');
+  t.throws(
+    () => setIrqs(k, d, 0, V.VFIO_IRQ_SET_DATA_NONE | V.VFIO_IRQ_SET_ACTION_UNMASK, 0, 1),
+    { code: 'EINVAL' },
+    'unmask before enable',
+  );
   setIrqs(k, d, 0, EVENTFD_TRIGGER, 0, 1, [efd]);
   t.equal(k.raiseIrq('0000:00:03.0', 'intx'), true);
   t.equal(counter(k, efd), 1n);
@@ -347,7 +423,17 @@ t.test('SET_IRQS: INTx automask, mask/unmask, pending delivery', async (t) => {
 
 t.test('SET_IRQS: MSI-X blocks, dynamic vectors, ERR and REQ', async (t) => {
   const mk = (address: string, group: number, dynamicMsix: boolean) =>
-    pciDevice({ address, group, vendor: 1, device: 2, class: 0x020000, pcie: true, bars: [{ index: 0, size: 16384 }], irqs: { msix: 8 }, dynamicMsix });
+    pciDevice({
+      address,
+      group,
+      vendor: 1,
+      device: 2,
+      class: 0x020000,
+      pcie: true,
+      bars: [{ index: 0, size: 16384 }],
+      irqs: { msix: 8 },
+      dynamicMsix,
+    });
   const k = fresh(t, { devices: [mk('0000:00:08.0', 8, true), mk('0000:00:09.0', 9, false)] });
   const s = k.sys;
   const a = openDev(k, '0000:00:08.0', '8');
@@ -378,8 +464,24 @@ t.test('SET_IRQS: MSI-X blocks, dynamic vectors, ERR and REQ', async (t) => {
 });
 
 t.test('RESET: works when the device can reset, EINVAL when not', async (t) => {
-  const flr = pciDevice({ address: '0000:00:03.0', group: 3, vendor: 0x8086, device: 0x10d3, class: 0x020000, pcie: true, bars: [{ index: 0, size: 4096, init: (b) => b.fill(0xa5) }] });
-  const noreset = pciDevice({ address: '0000:00:04.0', group: 4, vendor: 1, device: 2, class: 0x020000, bars: [{ index: 0, size: 4096, init: (b) => b.fill(0x5a) }], reset: false });
+  const flr = pciDevice({
+    address: '0000:00:03.0',
+    group: 3,
+    vendor: 0x8086,
+    device: 0x10d3,
+    class: 0x020000,
+    pcie: true,
+    bars: [{ index: 0, size: 4096, init: (b) => b.fill(0xa5) }],
+  });
+  const noreset = pciDevice({
+    address: '0000:00:04.0',
+    group: 4,
+    vendor: 1,
+    device: 2,
+    class: 0x020000,
+    bars: [{ index: 0, size: 4096, init: (b) => b.fill(0x5a) }],
+    reset: false,
+  });
   const k = fresh(t, { devices: [flr, noreset] });
   const s = k.sys;
   const a = openDev(k);
@@ -405,7 +507,11 @@ t.test('ioctl numbers collide across fd kinds: dispatch on the kind first', asyn
   t.equal(V.VFIO_IOMMU_GET_INFO, V.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO);
   const { c, g, d, close } = openDev(k);
   const hr = alloc(V.vfio_pci_hot_reset_info, { argsz: V.vfio_pci_hot_reset_info.size });
-  t.throws(() => s.ioctl(d, V.VFIO_IOMMU_GET_INFO, hr), { code: 'ENODEV' }, 'on a device fd it is GET_PCI_HOT_RESET_INFO (edu has no bus reset here)');
+  t.throws(
+    () => s.ioctl(d, V.VFIO_IOMMU_GET_INFO, hr),
+    { code: 'ENODEV' },
+    'on a device fd it is GET_PCI_HOT_RESET_INFO (edu has no bus reset here)',
+  );
   const info = alloc(V.vfio_iommu_type1_info, { argsz: V.vfio_iommu_type1_info.size });
   t.equal(s.ioctl(c, V.VFIO_IOMMU_GET_INFO, info), 0, 'on the container it is IOMMU_GET_INFO');
   t.throws(() => s.ioctl(g, V.VFIO_IOMMU_GET_INFO, info), { code: 'ENOTTY' });
@@ -430,7 +536,13 @@ t.test('hot reset, group path: info with group ids, ENOSPC, group fds', async (t
   s.ioctl(A.d, V.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, full);
   t.equal(get(H, full, 'flags'), 0, 'group ids, not devids');
   const devs = [0, 1].map((i) => read(V.vfio_pci_dependent_device, full, H.size + i * V.vfio_pci_dependent_device.size));
-  t.same(devs.map((x) => [x.group_id, x.bus, x.devfn]), [[10, 1, 0], [11, 1, 1]]);
+  t.same(
+    devs.map((x) => [x.group_id, x.bus, x.devfn]),
+    [
+      [10, 1, 0],
+      [11, 1, 1],
+    ],
+  );
   const R = V.vfio_pci_hot_reset;
   const reset = (fds: number[]): void => {
     const r = alloc(R, { argsz: R.size + 4 * fds.length, count: fds.length }, 4 * fds.length);
@@ -438,7 +550,7 @@ t.test('hot reset, group path: info with group ids, ENOSPC, group fds', async (t
     s.ioctl(A.d, V.VFIO_DEVICE_PCI_HOT_RESET, r);
   };
   t.throws(() => reset([]), { code: 'EINVAL' }, 'group-opened devices must pass group fds');
-  t.throws(() => reset([A.g]), { code: 'EINVAL' }, 'the other device\'s group is missing');
+  t.throws(() => reset([A.g]), { code: 'EINVAL' }, "the other device's group is missing");
   t.throws(() => reset([A.g, 99]), { code: 'EBADF' });
   t.throws(() => reset([A.g, A.c]), { code: 'EINVAL' }, 'not a group fd');
   t.throws(() => reset([A.g, A.g, A.g]), { code: 'EINVAL' }, 'more fds than affected devices');
@@ -472,8 +584,16 @@ t.test('hot reset, cdev path: devids, OWNED flag, zero-length array', async (t) 
   };
   t.same(info(), { flags: V.VFIO_PCI_HOT_RESET_FLAG_DEV_ID, devids: [1, 0xffffffff] }, 'the other device is not owned');
   const R = V.vfio_pci_hot_reset;
-  t.throws(() => s.ioctl(d0, V.VFIO_DEVICE_PCI_HOT_RESET, alloc(R, { argsz: R.size })), { code: 'EINVAL' }, 'a device not owned by this iommufd');
-  t.throws(() => s.ioctl(d0, V.VFIO_DEVICE_PCI_HOT_RESET, alloc(R, { argsz: R.size + 4, count: 1 }, 4)), { code: 'EINVAL' }, 'cdev-opened devices pass no group fds');
+  t.throws(
+    () => s.ioctl(d0, V.VFIO_DEVICE_PCI_HOT_RESET, alloc(R, { argsz: R.size })),
+    { code: 'EINVAL' },
+    'a device not owned by this iommufd',
+  );
+  t.throws(
+    () => s.ioctl(d0, V.VFIO_DEVICE_PCI_HOT_RESET, alloc(R, { argsz: R.size + 4, count: 1 }, 4)),
+    { code: 'EINVAL' },
+    'cdev-opened devices pass no group fds',
+  );
   const d1 = bindDev(1);
   t.same(info(), { flags: V.VFIO_PCI_HOT_RESET_FLAG_DEV_ID | V.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED, devids: [1, 2] });
   const before = k.device('0000:01:00.1').resets;
@@ -483,7 +603,7 @@ t.test('hot reset, cdev path: devids, OWNED flag, zero-length array', async (t) 
   t.same(k.leaks(), { fds: 0, mappings: 0, pinned: 0 });
 });
 
-t.test('edu model: DMA engine and interrupts driven through an mmap\'d BAR', async (t) => {
+t.test("edu model: DMA engine and interrupts driven through an mmap'd BAR", async (t) => {
   const k = fresh(t);
   const s = k.sys;
   const { c, d, close } = openDev(k);
@@ -504,7 +624,11 @@ t.test('edu model: DMA engine and interrupts driven through an mmap\'d BAR', asy
   t.same(ready, [POLLIN], 'the DMA-done interrupt arrived as MSI');
   t.equal(dv.getUint32(0x24, true), 0x100, 'interrupt status says DMA');
   dv.setUint32(0x64, 0x100, true); // acknowledge
-  t.same([...k.device('0000:00:03.0').bar(0).subarray(0x40000, 0x40004)], [0xff, 0xff, 0xff, 0xff], 'as on QEMU, BAR0 does not show the DMA buffer');
+  t.same(
+    [...k.device('0000:00:03.0').bar(0).subarray(0x40000, 0x40004)],
+    [0xff, 0xff, 0xff, 0xff],
+    'as on QEMU, BAR0 does not show the DMA buffer',
+  );
   dv.setBigUint64(0x80, 0x40000n, true); // source: the device buffer
   dv.setBigUint64(0x88, 0x100800n, true); // destination: RAM, 2 KiB further
   dv.setUint32(0x98, 0x1 | 0x2, true); // start, device to RAM

@@ -61,7 +61,10 @@ function hotResetScope(k: FakeKernel, d: number): string[] | string {
   } catch (e) {
     return (e as { code: string }).code;
   }
-  return Array.from({ length: get(H, r, 'count') }, (_, i) => `bus ${get(D, r, 'bus', H.size + i * D.size)} devfn ${get(D, r, 'devfn', H.size + i * D.size)}`);
+  return Array.from(
+    { length: get(H, r, 'count') },
+    (_, i) => `bus ${get(D, r, 'bus', H.size + i * D.size)} devfn ${get(D, r, 'devfn', H.size + i * D.size)}`,
+  );
 }
 
 /** Anonymous memory mapped for DMA at `iova` in container `c`. */
@@ -123,7 +126,17 @@ t.test('the factorial runs on its own time: status 0x01 stays set until the resu
   const { d, close } = openDev(k);
   busMaster(k, d);
   const efd = s.eventfd(0, EFD_NONBLOCK);
-  const set = alloc(V.vfio_irq_set, { argsz: V.vfio_irq_set.size + 4, flags: V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER, index: V.VFIO_PCI_MSI_IRQ_INDEX, start: 0, count: 1 }, 4);
+  const set = alloc(
+    V.vfio_irq_set,
+    {
+      argsz: V.vfio_irq_set.size + 4,
+      flags: V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER,
+      index: V.VFIO_PCI_MSI_IRQ_INDEX,
+      start: 0,
+      count: 1,
+    },
+    4,
+  );
   new DataView(set.buffer, set.byteOffset).setInt32(V.vfio_irq_set.size, efd, true);
   s.ioctl(d, V.VFIO_DEVICE_SET_IRQS, set);
 
@@ -142,7 +155,7 @@ t.test('the factorial runs on its own time: status 0x01 stays set until the resu
   wr(k, d, 0x20, 4, 0);
   wr(k, d, 0x08, 4, 40);
   await until('40!', () => (rd(k, d, 0x20, 4) & 1n) === 0n);
-  t.equal(rd(k, d, 0x08, 4), 0n, '40! modulo 2^32 is 0, as edu\'s uint32 arithmetic has it');
+  t.equal(rd(k, d, 0x08, 4), 0n, "40! modulo 2^32 is 0, as edu's uint32 arithmetic has it");
   s.close(efd);
   close();
 });
@@ -181,7 +194,7 @@ t.test('DMA runs from a timer: the start bit stays set and RAM keeps its old byt
   regs.setBigUint64(0x88, 0x100c00n, true);
   regs.setUint32(0x98, 0x1 | 0x2, true);
   await until('a DMA started and finished with no system call', () => (regs.getUint32(0x98, true) & 1) === 0);
-  t.same([...buf.bytes().subarray(0xc00, 0xc04)], [1, 2, 3, 4], 'done on the device\'s own clock');
+  t.same([...buf.bytes().subarray(0xc00, 0xc04)], [1, 2, 3, 4], "done on the device's own clock");
   s.munmap(bar, 1 << 20);
   close();
   s.munmap(buf.addr, 4096);
@@ -191,7 +204,17 @@ t.test('DMA runs from a timer: the start bit stays set and RAM keeps its old byt
 /** Wires edu's one MSI vector to a new eventfd. */
 function msiEventfd(k: FakeKernel, d: number): number {
   const efd = k.sys.eventfd(0, EFD_NONBLOCK);
-  const set = alloc(V.vfio_irq_set, { argsz: V.vfio_irq_set.size + 4, flags: V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER, index: V.VFIO_PCI_MSI_IRQ_INDEX, start: 0, count: 1 }, 4);
+  const set = alloc(
+    V.vfio_irq_set,
+    {
+      argsz: V.vfio_irq_set.size + 4,
+      flags: V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER,
+      index: V.VFIO_PCI_MSI_IRQ_INDEX,
+      start: 0,
+      count: 1,
+    },
+    4,
+  );
   new DataView(set.buffer, set.byteOffset).setInt32(V.vfio_irq_set.size, efd, true);
   k.sys.ioctl(d, V.VFIO_DEVICE_SET_IRQS, set);
   return efd;
@@ -214,7 +237,7 @@ t.test('a blocking poll sleeps until the device acts, as the process blocked in 
   // A factorial with its interrupt enabled: poll(-1) returns with the MSI.
   wr(k, d, 0x20, 4, 0x80);
   wr(k, d, 0x08, 4, 5);
-  t.ok(k.nextDeviceDeadline() !== null, 'the factorial is on the kernel\'s timer list');
+  t.ok(k.nextDeviceDeadline() !== null, "the factorial is on the kernel's timer list");
   const fact = wait(-1);
   t.same(fact.revents, [POLLIN], 'poll(-1): the factorial-done MSI');
   t.ok(fact.ms >= 50, `it waited for the factorial (${fact.ms.toFixed(1)} ms)`);
@@ -299,7 +322,11 @@ t.test('resets follow the topology: none on the root bus, a bus reset alone behi
   again.close();
 
   const alone = openDev(k, '0000:01:00.0', 10);
-  t.equal(deviceFlags(k, alone.d), V.VFIO_DEVICE_FLAGS_PCI | V.VFIO_DEVICE_FLAGS_RESET, 'alone behind a bridge: RESET (a secondary bus reset)');
+  t.equal(
+    deviceFlags(k, alone.d),
+    V.VFIO_DEVICE_FLAGS_PCI | V.VFIO_DEVICE_FLAGS_RESET,
+    'alone behind a bridge: RESET (a secondary bus reset)',
+  );
   wr(k, alone.d, 4, 4, 0x0f);
   const before = k.device('0000:01:00.0').resets;
   s.ioctlInt(alone.d, V.VFIO_DEVICE_RESET, 0);

@@ -27,8 +27,19 @@ function setUp(k: FakeKernel, groupNode = '3'): { c: number; g: number } {
   return { c, g };
 }
 
-function mapDma(k: FakeKernel, c: number, vaddr: bigint, iova: bigint, size: bigint, flags = V.VFIO_DMA_MAP_FLAG_READ | V.VFIO_DMA_MAP_FLAG_WRITE): void {
-  k.sys.ioctl(c, V.VFIO_IOMMU_MAP_DMA, alloc(V.vfio_iommu_type1_dma_map, { argsz: V.vfio_iommu_type1_dma_map.size, flags, vaddr, iova, size }));
+function mapDma(
+  k: FakeKernel,
+  c: number,
+  vaddr: bigint,
+  iova: bigint,
+  size: bigint,
+  flags = V.VFIO_DMA_MAP_FLAG_READ | V.VFIO_DMA_MAP_FLAG_WRITE,
+): void {
+  k.sys.ioctl(
+    c,
+    V.VFIO_IOMMU_MAP_DMA,
+    alloc(V.vfio_iommu_type1_dma_map, { argsz: V.vfio_iommu_type1_dma_map.size, flags, vaddr, iova, size }),
+  );
 }
 
 function unmapDma(k: FakeKernel, c: number, iova: bigint, size: bigint, flags = 0): bigint {
@@ -182,8 +193,14 @@ t.test('type1: IOMMU_GET_INFO argsz handling and capability chain', async (t) =>
   const full = alloc(L, { argsz: need }, need - L.size);
   s.ioctl(c, V.VFIO_IOMMU_GET_INFO, full);
   const caps = [...capabilities(full, get(L, full, 'cap_offset'))];
-  t.same(caps.map((x) => x.id), [V.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, V.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, V.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE]);
-  t.ok(caps.every((x) => x.offset % 8 === 0), 'capabilities are 8-byte aligned');
+  t.same(
+    caps.map((x) => x.id),
+    [V.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, V.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, V.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE],
+  );
+  t.ok(
+    caps.every((x) => x.offset % 8 === 0),
+    'capabilities are 8-byte aligned',
+  );
   const avail = caps[1]!;
   t.equal(get(V.vfio_iommu_type1_info_dma_avail, full, 'avail', avail.offset), 10);
   const R = V.vfio_iommu_type1_info_cap_iova_range;

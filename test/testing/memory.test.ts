@@ -188,7 +188,18 @@ t.test('poll: revents, POLLNVAL for closed fds, timeout returns zeros', async (t
   const s = k.sys;
   const a = s.eventfd(0, 0);
   const b = s.eventfd(1, 0);
-  t.same(s.poll([{ fd: a, events: POLLIN }, { fd: b, events: POLLIN }, { fd: 50, events: POLLIN }, { fd: -1, events: POLLIN }], 0), [0, POLLIN, POLLNVAL, 0]);
+  t.same(
+    s.poll(
+      [
+        { fd: a, events: POLLIN },
+        { fd: b, events: POLLIN },
+        { fd: 50, events: POLLIN },
+        { fd: -1, events: POLLIN },
+      ],
+      0,
+    ),
+    [0, POLLIN, POLLNVAL, 0],
+  );
   t.same(s.poll([{ fd: a, events: POLLOUT }], 0), [POLLOUT]);
   const started = Date.now();
   t.same(s.poll([{ fd: a, events: POLLIN }], 30), [0]);
@@ -203,7 +214,13 @@ t.test('pollAsync: resolves when an eventfd is signalled, on timeout, never spin
   const s = k.sys;
   const a = s.eventfd(0, 0);
   const stop = s.eventfd(0, 0);
-  const p = s.pollAsync([{ fd: a, events: POLLIN }, { fd: stop, events: POLLIN }], -1);
+  const p = s.pollAsync(
+    [
+      { fd: a, events: POLLIN },
+      { fd: stop, events: POLLIN },
+    ],
+    -1,
+  );
   t.equal(k.pendingPolls, 1);
   await new Promise((r) => setTimeout(r, 10));
   s.write(stop, u64(1n));
@@ -307,7 +324,7 @@ t.test('munmap takes the views made through the mapping with it, while the memor
   s.munmap(m1, 4096);
   t.equal(v2[0], 9, 'another mapping of the same pages keeps its views (and, a limit of the fake, so does the stale one)');
   s.munmap(m2, 4096);
-  t.equal(v2.length, 0, 'the last munmap empties every view of the file\'s pages');
+  t.equal(v2.length, 0, "the last munmap empties every view of the file's pages");
   const m3 = s.mmap(4096, RW, MAP_SHARED, fd, 0n);
   t.equal(s.view(m3, 1)[0], 9, 'the file kept its bytes');
   s.munmap(m3, 4096);
@@ -325,7 +342,11 @@ t.test('munmap takes the views made through the mapping with it, while the memor
   cmd[0]! |= 0x4;
   s.pwrite(d, cmd, (7n << 40n) + 4n);
   t.equal(k.device('0000:00:03.0').dmaRead(0x100007n, 1)[0], 0x77, 'the device still reaches the pinned pages');
-  s.ioctl(c, VFIO_IOMMU_UNMAP_DMA, alloc(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, iova: 0x100000n, size: 4096n }));
+  s.ioctl(
+    c,
+    VFIO_IOMMU_UNMAP_DMA,
+    alloc(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, iova: 0x100000n, size: 4096n }),
+  );
   [d, g, c].forEach((x) => s.close(x));
   t.same(k.leaks(), { fds: 0, mappings: 0, pinned: 0 });
 });

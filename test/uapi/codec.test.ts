@@ -60,7 +60,13 @@ function oneField(type: Scalar): StructLayout {
   return { name: `one_${type}`, union: false, size: 8, align: 8, fields: { v: { offset: 0, type } } };
 }
 
-const u32Cell = { name: 'cell', union: false, size: 4, align: 4, fields: { v: { offset: 0, type: 'u32' } } } as const satisfies StructLayout;
+const u32Cell = {
+  name: 'cell',
+  union: false,
+  size: 4,
+  align: 4,
+  fields: { v: { offset: 0, type: 'u32' } },
+} as const satisfies StructLayout;
 
 t.test('every scalar width and signedness round-trips at its limits, little-endian', async (t) => {
   for (const [type, { min, max, bytes }] of Object.entries(LIMITS) as [Scalar, (typeof LIMITS)[Scalar]][]) {
@@ -121,7 +127,10 @@ t.test('values that do not fit are refused with a RangeError and nothing is writ
   // A failing field anywhere in a write leaves every other field unwritten.
   const buf = alloc(outer);
   t.throws(() => write(outer, buf, { argsz: 9, nested: { tag: 1, value: 2n }, big: -1n }), RangeError);
-  t.ok(buf.every((x) => x === 0), 'no partial write');
+  t.ok(
+    buf.every((x) => x === 0),
+    'no partial write',
+  );
 });
 
 t.test('nested structs, fixed arrays and flexible arrays', async (t) => {
@@ -197,11 +206,14 @@ t.test('capability chains are walked by next offsets', async (t) => {
   cap(buf, 32, 1, 1, 48);
   cap(buf, 48, 3, 2, 80);
   cap(buf, 80, 5, 1, 0);
-  t.same([...capabilities(buf, get(vfio_region_info, buf, 'cap_offset'))], [
-    { id: 1, version: 1, offset: 32 },
-    { id: 3, version: 2, offset: 48 },
-    { id: 5, version: 1, offset: 80 },
-  ]);
+  t.same(
+    [...capabilities(buf, get(vfio_region_info, buf, 'cap_offset'))],
+    [
+      { id: 1, version: 1, offset: 32 },
+      { id: 3, version: 2, offset: 48 },
+      { id: 5, version: 1, offset: 80 },
+    ],
+  );
   t.same([...capabilities(buf, 0)], [], 'cap_offset 0: no capabilities');
 });
 
@@ -271,14 +283,25 @@ t.test('field refs: get and set without the name lookup, with the same checks', 
   }
   // Range: refused, nothing written (the fast paths included).
   const cases: [Scalar, number | bigint][] = [
-    ['u32', -1], ['u32', 2 ** 32], ['u32', 1.5], ['u32', Number.NaN], ['u32', 0x100000000n],
-    ['u64', -1n], ['u64', 1n << 64n], ['s64', 1n << 63n], ['u64', 2 ** 60], ['s8', 128],
+    ['u32', -1],
+    ['u32', 2 ** 32],
+    ['u32', 1.5],
+    ['u32', Number.NaN],
+    ['u32', 0x100000000n],
+    ['u64', -1n],
+    ['u64', 1n << 64n],
+    ['s64', 1n << 63n],
+    ['u64', 2 ** 60],
+    ['s8', 128],
   ];
   for (const [type, v] of cases) {
     const layout = oneField(type);
     const buf = alloc(layout);
     t.throws(() => setField(fieldRef(layout, 'v'), buf, v), RangeError, `${type} refuses ${String(v)}`);
-    t.ok(buf.every((x) => x === 0), 'buffer untouched');
+    t.ok(
+      buf.every((x) => x === 0),
+      'buffer untouched',
+    );
   }
   // Bounds: every access checked, at any offset.
   const ref = fieldRef(outer, 'big');

@@ -147,7 +147,10 @@ t.test('constant expressions evaluate with C semantics', async (t) => {
   t.equal(v('T_IOWR'), (3n << 30n) | (13n << 16n) | (0x58n << 8n) | 0x10n, 'packed struct: 13 bytes');
   t.equal(v('T_SIZE'), allSize);
   t.equal(v('T2_X'), 3n, 'sizeof in the other header');
-  t.same(model().strings.map((s) => [s.name, s.value]), [['T_STR', 'synthetic']]);
+  t.same(
+    model().strings.map((s) => [s.name, s.value]),
+    [['T_STR', 'synthetic']],
+  );
   t.same(
     model().skipped.map((s) => s.name),
     ['SYNTH_H', 'T_FN', 'SYNTH2_H'],
@@ -157,9 +160,33 @@ t.test('constant expressions evaluate with C semantics', async (t) => {
 
 t.test('x86-64 layout rules', async (t) => {
   const packed = record('t_packed');
-  t.same([packed.size, packed.align, fieldsOf(packed)], [13, 1, [['a', 0], ['b', 1], ['c', 5]]], 'packed');
+  t.same(
+    [packed.size, packed.align, fieldsOf(packed)],
+    [
+      13,
+      1,
+      [
+        ['a', 0],
+        ['b', 1],
+        ['c', 5],
+      ],
+    ],
+    'packed',
+  );
   const aligned = record('t_aligned');
-  t.same([aligned.size, aligned.align, fieldsOf(aligned)], [32, 16, [['a', 0], ['b', 16], ['c', 20]]], 'aligned member');
+  t.same(
+    [aligned.size, aligned.align, fieldsOf(aligned)],
+    [
+      32,
+      16,
+      [
+        ['a', 0],
+        ['b', 16],
+        ['c', 20],
+      ],
+    ],
+    'aligned member',
+  );
   t.same([record('t_big_align').size, record('t_big_align').align], [32, 32], 'aligned struct');
   const all = record('t_all');
   t.same(fieldsOf(all), [
@@ -190,7 +217,17 @@ t.test('x86-64 layout rules', async (t) => {
   const u = record('t_union');
   t.same([u.union, u.size, u.align], [true, 8, 4]);
   const t2 = record('t2');
-  t.same([t2.size, t2.align, fieldsOf(t2)], [24, 8, [['size', 0], ['v', 8]]]);
+  t.same(
+    [t2.size, t2.align, fieldsOf(t2)],
+    [
+      24,
+      8,
+      [
+        ['size', 0],
+        ['v', 8],
+      ],
+    ],
+  );
 });
 
 t.test('what the generator refuses, it refuses by name', async (t) => {
@@ -268,39 +305,43 @@ t.test('gcc agrees with the generator on the synthetic headers', { skip: hasGcc(
 });
 
 const real = cachedSource(realVfio.UAPI_SOURCE.replace(/^linux-libc-dev /, ''));
-t.test('the committed modules against the real headers', { skip: real !== undefined && hasGcc() ? false : 'needs the cached headers (npm run uapi:gen) and gcc' }, async (t) => {
-  const source = real!;
-  const mods = new Map<string, GeneratedModule>([
-    ['vfio', realVfio],
-    ['iommufd', realIommufd],
-  ]);
-  const ok = compare(source, mods);
-  t.same(ok.mismatches, []);
-  t.ok(ok.structs + ok.fields + ok.ioctls + ok.constants >= 150, 'compares at least 150 items');
+t.test(
+  'the committed modules against the real headers',
+  { skip: real !== undefined && hasGcc() ? false : 'needs the cached headers (npm run uapi:gen) and gcc' },
+  async (t) => {
+    const source = real!;
+    const mods = new Map<string, GeneratedModule>([
+      ['vfio', realVfio],
+      ['iommufd', realIommufd],
+    ]);
+    const ok = compare(source, mods);
+    t.same(ok.mismatches, []);
+    t.ok(ok.structs + ok.fields + ok.ioctls + ok.constants >= 150, 'compares at least 150 items');
 
-  // Mutations of every kind are each reported.
-  const v = structuredClone({ ...realVfio }) as unknown as { -readonly [K in keyof GeneratedModule]: GeneratedModule[K] };
-  const i = structuredClone({ ...realIommufd }) as unknown as { -readonly [K in keyof GeneratedModule]: GeneratedModule[K] };
-  const layouts = v.layouts as Record<string, { size: number; fields: Record<string, unknown> }>;
-  layouts['vfio_region_info']!.size = 40;
-  delete layouts['vfio_region_info']!.fields['cap_offset'];
-  (v.ioctls as Record<string, number>)['VFIO_GET_API_VERSION'] = 1;
-  delete (i.constants as Record<string, number>)['IOMMU_HWPT_DATA_NONE'];
-  (i.constants as Record<string, number>)['BOGUS'] = 3;
-  delete (i.layouts as Record<string, unknown>)['iommu_ioas_map'];
-  const bad = compare(
-    source,
-    new Map([
-      ['vfio', v],
-      ['iommufd', i],
-    ]),
-  );
-  t.same([...bad.mismatches].sort(), [
-    'iommufd: BOGUS is not a numeric constant of linux/iommufd.h',
-    'iommufd: IOMMU_HWPT_DATA_NONE is missing',
-    'iommufd: struct/union iommu_ioas_map is missing from lib/uapi/iommufd.ts',
-    'vfio: VFIO_GET_API_VERSION = 1, gcc says 15204',
-    'vfio_region_info.cap_offset: member is missing',
-    'vfio_region_info: size 40, gcc says 32',
-  ]);
-});
+    // Mutations of every kind are each reported.
+    const v = structuredClone({ ...realVfio }) as unknown as { -readonly [K in keyof GeneratedModule]: GeneratedModule[K] };
+    const i = structuredClone({ ...realIommufd }) as unknown as { -readonly [K in keyof GeneratedModule]: GeneratedModule[K] };
+    const layouts = v.layouts as Record<string, { size: number; fields: Record<string, unknown> }>;
+    layouts['vfio_region_info']!.size = 40;
+    delete layouts['vfio_region_info']!.fields['cap_offset'];
+    (v.ioctls as Record<string, number>)['VFIO_GET_API_VERSION'] = 1;
+    delete (i.constants as Record<string, number>)['IOMMU_HWPT_DATA_NONE'];
+    (i.constants as Record<string, number>)['BOGUS'] = 3;
+    delete (i.layouts as Record<string, unknown>)['iommu_ioas_map'];
+    const bad = compare(
+      source,
+      new Map([
+        ['vfio', v],
+        ['iommufd', i],
+      ]),
+    );
+    t.same([...bad.mismatches].sort(), [
+      'iommufd: BOGUS is not a numeric constant of linux/iommufd.h',
+      'iommufd: IOMMU_HWPT_DATA_NONE is missing',
+      'iommufd: struct/union iommu_ioas_map is missing from lib/uapi/iommufd.ts',
+      'vfio: VFIO_GET_API_VERSION = 1, gcc says 15204',
+      'vfio_region_info.cap_offset: member is missing',
+      'vfio_region_info: size 40, gcc says 32',
+    ]);
+  },
+);

@@ -194,7 +194,9 @@ export class CdevBackend implements ContainerBackend {
     if (!(err instanceof VfioError)) return err;
     let detail: string;
     if (err.code === 'EPERM' && groupBlockers(this.roots, desc).length > 0) detail = notViableDetail(this.roots, desc);
-    else if (err.code === 'EINVAL') detail = 'the device is already open through another VFIO cdev file (in this or another process); cdev mode allows one open at a time';
+    else if (err.code === 'EINVAL')
+      detail =
+        'the device is already open through another VFIO cdev file (in this or another process); cdev mode allows one open at a time';
     else return err;
     return new VfioError({
       code: 'EBUSY',
@@ -354,7 +356,6 @@ export class CdevBackend implements ContainerBackend {
     ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_UNMAP', arg, this.dmaCtx);
     return codec.getField(UNMAP_LENGTH, arg);
   }
-
 
   close(): void {
     const fd = this.iommufd;

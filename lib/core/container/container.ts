@@ -298,7 +298,8 @@ export class Container implements Disposable, DmaOwner {
     const slot = this.slots.get(address);
     if (slot === undefined) throw usageError('ENODEV', `not assigned to ${this.label}`, { device: address });
     if (slot.handle !== null) throw usageError('EEXIST', `already open in ${this.label}: release that Device first`, { device: address });
-    if (slot.lentTo !== null) throw usageError('EBUSY', `lent to ${slot.lentTo}: it is theirs to drive until they give it back`, { device: address });
+    if (slot.lentTo !== null)
+      throw usageError('EBUSY', `lent to ${slot.lentTo}: it is theirs to drive until they give it back`, { device: address });
     const handle = new Device(this.env.sys, this, address, slot.attached.fd, () => this.releaseDevice(address));
     slot.handle = handle;
     return handle;
@@ -486,7 +487,10 @@ export class Container implements Disposable, DmaOwner {
       allocator.reserve(opts.iova, size);
       iova = opts.iova;
     } else {
-      iova = allocator.allocate(size, opts.align === undefined && opts.dmaLimit === undefined ? undefined : { align: opts.align, limit: opts.dmaLimit });
+      iova = allocator.allocate(
+        size,
+        opts.align === undefined && opts.dmaLimit === undefined ? undefined : { align: opts.align, limit: opts.dmaLimit },
+      );
     }
     const live = this.backend.iommuLive;
     if (live) {
@@ -681,7 +685,8 @@ export class Container implements Disposable, DmaOwner {
     this.checkOpen();
     const slot = this.slots.get(address);
     if (slot === undefined) throw usageError('ENODEV', `not assigned to ${this.label}`, { device: address });
-    if (slot.handle !== null) throw usageError('EBUSY', `open in ${this.label}: release that Device before lending it`, { device: address });
+    if (slot.handle !== null)
+      throw usageError('EBUSY', `open in ${this.label}: release that Device before lending it`, { device: address });
     if (slot.lentTo !== null) throw usageError('EBUSY', `already lent to ${slot.lentTo}`, { device: address });
     const a = slot.attached;
     const b = this.backend;
@@ -712,7 +717,8 @@ export class Container implements Disposable, DmaOwner {
     this.checkOpen();
     if (this.borrowed) throw usageError('ENOTSUP', `${this.label} is borrowed: IOVA space is reserved by its lender`);
     const current = this.allocator;
-    if (current === null) throw usageError('ENOTSUP', `${this.label} is in no-IOMMU mode: DMA uses physical addresses, there is no IOVA space to reserve`);
+    if (current === null)
+      throw usageError('ENOTSUP', `${this.label} is in no-IOMMU mode: DMA uses physical addresses, there is no IOVA space to reserve`);
     if (!this.backend.iommuLive) throw usageError('EINVAL', `${this.label} has no IOMMU yet: assign a device first`);
     return withUnwind((u) => {
       const allocator = this.freshAllocator(current, u);

@@ -176,7 +176,11 @@ export class GroupBackend implements ContainerBackend {
         type = VFIO_NOIOMMU_IOMMU;
       } else if (has(VFIO_TYPE1v2_IOMMU)) type = VFIO_TYPE1v2_IOMMU;
       else {
-        throw usageError('ENXIO', 'the container offers no Type1v2 IOMMU (load vfio_iommu_type1; plain Type1, from kernels before 3.15, is not supported)', { path: node });
+        throw usageError(
+          'ENXIO',
+          'the container offers no Type1v2 IOMMU (load vfio_iommu_type1; plain Type1, from kernels before 3.15, is not supported)',
+          { path: node },
+        );
       }
       return new GroupBackend(sys, roots, mode, node, fd, type);
     });

@@ -81,7 +81,11 @@ if (env === null) {
     t.equal(container.dmaMode, iommu ? 'iommu' : 'identity');
     container.assignDevice(edu);
     t.same(container.devices, [edu], 'assigned');
-    t.match(errorOf(() => container.assignDevice(edu)), { code: 'EEXIST' }, 'a second assign is EEXIST');
+    t.match(
+      errorOf(() => container.assignDevice(edu)),
+      { code: 'EEXIST' },
+      'a second assign is EEXIST',
+    );
     const state = container.kernelState;
     if (state.mode === 'cdev') {
       t.equal(state.devices.length, 1, 'cdev: one device bound to the iommufd');
@@ -93,7 +97,11 @@ if (env === null) {
     dev = vfio.openDevice(edu);
     t.equal(dev.container, container, 'openDevice uses the container the device was assigned to');
     t.equal(dev.mode, mode);
-    t.match(errorOf(() => vfio.openDevice(edu)), { code: 'EEXIST' }, 'opening it twice is EEXIST');
+    t.match(
+      errorOf(() => vfio.openDevice(edu)),
+      { code: 'EEXIST' },
+      'opening it twice is EEXIST',
+    );
     t.match(dev.info(), { pci: true, address: edu });
   });
 
@@ -104,13 +112,29 @@ if (env === null) {
     for (const name of ['bar1', 'bar2', 'bar3', 'bar4', 'bar5']) {
       t.equal(regions.find((r) => r.name === name)?.size, 0, `${name} is not implemented`);
     }
-    t.match(regions.find((r) => r.name === 'config'), { readable: true, writable: true }, 'config region');
+    t.match(
+      regions.find((r) => r.name === 'config'),
+      { readable: true, writable: true },
+      'config region',
+    );
     t.match(dev.irqs.info('intx'), { count: 1, eventfd: true, maskable: true, automasked: true }, 'INTx: 1, maskable, automasked');
     t.match(dev.irqs.info('msi'), { count: 1, eventfd: true, maskable: false }, 'MSI: 1 vector');
     t.match(dev.irqs.info('msix'), { count: 0 }, 'no MSI-X');
-    t.match(errorOf(() => dev.irqs.enable('msix')), { code: 'ENOTSUP' }, 'enabling MSI-X is ENOTSUP');
-    t.match(errorOf(() => dev.irqs.enable('msi', { count: 2 })), { code: 'EINVAL' }, 'a second MSI vector is EINVAL');
-    t.match(errorOf(() => dev.mapBar(1)), { code: 'ENOENT' }, 'mapping BAR1 is ENOENT');
+    t.match(
+      errorOf(() => dev.irqs.enable('msix')),
+      { code: 'ENOTSUP' },
+      'enabling MSI-X is ENOTSUP',
+    );
+    t.match(
+      errorOf(() => dev.irqs.enable('msi', { count: 2 })),
+      { code: 'EINVAL' },
+      'a second MSI vector is EINVAL',
+    );
+    t.match(
+      errorOf(() => dev.mapBar(1)),
+      { code: 'ENOENT' },
+      'mapping BAR1 is ENOENT',
+    );
   });
 
   t.test('BAR0 registers', async (t) => {
@@ -134,7 +158,11 @@ if (env === null) {
     bar0.write64(REG.dmaSrc, 0x0123456789abcdefn);
     t.equal(bar0.read64(REG.dmaSrc), 0x0123456789abcdefn, '64-bit write and read (DMA source register)');
     t.equal(bar0.read32(REG.dmaSrc), 0x89abcdef, '32-bit read of its low half');
-    t.match(errorOf(() => bar0.read32(1 << 20)), { code: 'EINVAL' }, 'reading past the BAR is EINVAL');
+    t.match(
+      errorOf(() => bar0.read32(1 << 20)),
+      { code: 'EINVAL' },
+      'reading past the BAR is EINVAL',
+    );
 
     // The same registers without mmap: pread/pwrite on the device fd.
     const slow = dev.mapBar(0, { noMmap: true, size: 0x1000 });
@@ -144,7 +172,11 @@ if (env === null) {
     slow.write32(REG.inverse, 0x0f0f0f0f);
     t.equal(bar0.read32(REG.inverse), 0xf0f0f0f0, 'pwrite reaches the same register');
     slow.close();
-    t.match(errorOf(() => slow.read32(0)), { code: 'ECLOSED' }, 'a closed Region throws ECLOSED');
+    t.match(
+      errorOf(() => slow.read32(0)),
+      { code: 'ECLOSED' },
+      'a closed Region throws ECLOSED',
+    );
   });
 
   t.test('config space', async (t) => {
@@ -190,11 +222,18 @@ if (env === null) {
     buf.bytes.fill(0);
     await eduDma(bar0, EDU_DMA_BUFFER, buf.iovaAt(1024), 1024, true);
     t.equal(firstDiff(buf.bytes.subarray(1024, 2048), pattern.subarray(0, 1024)), -1, 'edu → RAM, at an offset in the buffer');
-    t.equal(buf.bytes.subarray(0, 1024).some((b) => b !== 0), false, 'nothing written before that offset');
+    t.equal(
+      buf.bytes.subarray(0, 1024).some((b) => b !== 0),
+      false,
+      'nothing written before that offset',
+    );
 
     if (iommu) {
       const info = container.iommuInfo();
-      t.ok(info.ranges.some((r) => r.start <= buf.iova && buf.iova <= r.last), 'the IOVA lies in an IOMMU range');
+      t.ok(
+        info.ranges.some((r) => r.start <= buf.iova && buf.iova <= r.last),
+        'the IOVA lies in an IOMMU range',
+      );
       if (mode === 'group') t.ok(((info.pageSizes ?? 0n) & 4096n) !== 0n, 'Type1 maps 4 KiB pages');
       else t.equal(info.pageSizes, null, 'IOMMUFD reports no page-size bitmap');
       t.equal(info.granule, 4096n, 'granule 4 KiB');
@@ -205,24 +244,44 @@ if (env === null) {
       fixed.bytes.fill(0);
       await eduDma(bar0, EDU_DMA_BUFFER, 0x200000n, 512, true);
       t.equal(firstDiff(fixed.bytes.subarray(0, 512), pattern.subarray(0, 512)), -1, 'edu wrote at the chosen IOVA');
-      t.match(errorOf(() => container.allocDma(4096, { iova: 0x200000n })), { code: 'EEXIST' }, 'an overlapping IOVA is EEXIST');
+      t.match(
+        errorOf(() => container.allocDma(4096, { iova: 0x200000n })),
+        { code: 'EEXIST' },
+        'an overlapping IOVA is EEXIST',
+      );
 
       // Unmapped, the IOVA no longer reaches the buffer: the IOMMU drops edu's write.
       fixed.unmap();
       t.notOk(fixed.mapped, 'unmapped');
       fixed.bytes.fill(0x55);
       await eduDma(bar0, EDU_DMA_BUFFER, 0x200000n, 512, true);
-      t.equal(fixed.bytes.subarray(0, 512).every((b) => b === 0x55), true, 'a DMA to the unmapped IOVA does not reach the memory');
+      t.equal(
+        fixed.bytes.subarray(0, 512).every((b) => b === 0x55),
+        true,
+        'a DMA to the unmapped IOVA does not reach the memory',
+      );
       t.equal(fixed.map({ iova: 0x200000n }), 0x200000n, 'mapped again');
       await eduDma(bar0, EDU_DMA_BUFFER, 0x200000n, 512, true);
       t.equal(firstDiff(fixed.bytes.subarray(0, 512), pattern.subarray(0, 512)), -1, 'and reachable again');
       fixed.free();
     } else {
-      t.match(errorOf(() => container.allocDma(4096, { iova: 0x200000n })), { code: 'ENOTSUP' }, 'no-IOMMU: a chosen IOVA is ENOTSUP');
-      t.match(errorOf(() => container.iommuInfo()), { code: 'ENOTSUP' }, 'no-IOMMU: iommuInfo is ENOTSUP');
+      t.match(
+        errorOf(() => container.allocDma(4096, { iova: 0x200000n })),
+        { code: 'ENOTSUP' },
+        'no-IOMMU: a chosen IOVA is ENOTSUP',
+      );
+      t.match(
+        errorOf(() => container.iommuInfo()),
+        { code: 'ENOTSUP' },
+        'no-IOMMU: iommuInfo is ENOTSUP',
+      );
     }
     buf.free();
-    t.match(errorOf(() => buf.bytes), { code: 'ECLOSED' }, 'a freed buffer throws ECLOSED');
+    t.match(
+      errorOf(() => buf.bytes),
+      { code: 'ECLOSED' },
+      'a freed buffer throws ECLOSED',
+    );
   });
 
   t.test('DMA through buffers on 2 MiB huge pages', async (t) => {
@@ -253,7 +312,11 @@ if (env === null) {
   t.test('MSI delivered to the async API', async (t) => {
     dev.config.setBusMaster(true); // MSI is a DMA write: edu needs bus mastering
     const msi = dev.irqs.enable('msi');
-    t.match(errorOf(() => dev.irqs.enable('intx')), { code: 'EBUSY' }, 'INTx while MSI is on is EBUSY');
+    t.match(
+      errorOf(() => dev.irqs.enable('intx')),
+      { code: 'EBUSY' },
+      'INTx while MSI is on is EBUSY',
+    );
     const v = msi.vector(0);
 
     const first = v.wait({ signal: timeout() });
@@ -291,7 +354,11 @@ if (env === null) {
     t.ok((await looped) >= 1, 'loopback trigger through the kernel');
     msi.disable();
     t.notOk(msi.enabled, 'disabled');
-    t.match(errorOf(() => v.eventfd), { code: 'ECLOSED' }, 'a disabled vector throws ECLOSED');
+    t.match(
+      errorOf(() => v.eventfd),
+      { code: 'ECLOSED' },
+      'a disabled vector throws ECLOSED',
+    );
   });
 
   t.test('INTx: automask, unmask, level semantics', async (t) => {
@@ -335,7 +402,11 @@ if (env === null) {
       dev.reset();
       t.equal(bar0.read32(REG.id), EDU_ID, 'after VFIO_DEVICE_RESET the mapped BAR still reads the id');
     } else {
-      t.match(errorOf(() => dev.reset()), { code: 'ENOTSUP' }, 'no RESET flag: reset() is ENOTSUP');
+      t.match(
+        errorOf(() => dev.reset()),
+        { code: 'ENOTSUP' },
+        'no RESET flag: reset() is ENOTSUP',
+      );
     }
     let hot: unknown;
     try {
@@ -358,10 +429,26 @@ if (env === null) {
 
     dev.release();
     t.ok(dev.closed, 'released');
-    t.match(errorOf(() => dev.fd), { code: 'ECLOSED' }, 'dev.fd: ECLOSED');
-    t.match(errorOf(() => dev.mapBar(0)), { code: 'ECLOSED' }, 'dev.mapBar: ECLOSED');
-    t.match(errorOf(() => dev.config.read16(0)), { code: 'ECLOSED' }, 'dev.config: ECLOSED');
-    t.match(errorOf(() => bar0.read32(REG.id)), { code: 'ECLOSED' }, 'its BAR: ECLOSED');
+    t.match(
+      errorOf(() => dev.fd),
+      { code: 'ECLOSED' },
+      'dev.fd: ECLOSED',
+    );
+    t.match(
+      errorOf(() => dev.mapBar(0)),
+      { code: 'ECLOSED' },
+      'dev.mapBar: ECLOSED',
+    );
+    t.match(
+      errorOf(() => dev.config.read16(0)),
+      { code: 'ECLOSED' },
+      'dev.config: ECLOSED',
+    );
+    t.match(
+      errorOf(() => bar0.read32(REG.id)),
+      { code: 'ECLOSED' },
+      'its BAR: ECLOSED',
+    );
     t.notOk(msi.enabled, 'its interrupts are disabled');
     await t.rejects(pending, { code: 'ECLOSED' }, 'a pending wait ends with ECLOSED');
     t.same(container.devices, [], 'the container no longer holds it');
@@ -375,10 +462,26 @@ if (env === null) {
 
     container.close();
     t.ok(again.closed, 'closing the container releases its devices');
-    t.match(errorOf(() => bar.read32(REG.id)), { code: 'ECLOSED' }, 'their BARs');
-    t.match(errorOf(() => buf.bytes), { code: 'ECLOSED' }, 'and its buffers');
-    t.match(errorOf(() => container.allocDma(4096)), { code: 'ECLOSED' }, 'container.allocDma: ECLOSED');
-    t.match(errorOf(() => container.assignDevice(edu)), { code: 'ECLOSED' }, 'container.assignDevice: ECLOSED');
+    t.match(
+      errorOf(() => bar.read32(REG.id)),
+      { code: 'ECLOSED' },
+      'their BARs',
+    );
+    t.match(
+      errorOf(() => buf.bytes),
+      { code: 'ECLOSED' },
+      'and its buffers',
+    );
+    t.match(
+      errorOf(() => container.allocDma(4096)),
+      { code: 'ECLOSED' },
+      'container.allocDma: ECLOSED',
+    );
+    t.match(
+      errorOf(() => container.assignDevice(edu)),
+      { code: 'ECLOSED' },
+      'container.assignDevice: ECLOSED',
+    );
 
     // A whole context, closed at once.
     const ctx = createVfio({ sys: koffiSys });
@@ -386,7 +489,11 @@ if (env === null) {
     d.mapBar(0).read32(REG.id);
     ctx.close();
     t.ok(d.closed, 'closing a context closes its devices');
-    t.match(errorOf(() => ctx.openDevice(edu)), { code: 'ECLOSED' }, 'a closed context throws ECLOSED');
+    t.match(
+      errorOf(() => ctx.openDevice(edu)),
+      { code: 'ECLOSED' },
+      'a closed context throws ECLOSED',
+    );
 
     // The interrupt poller lets its stop eventfd go once idle.
     await new Promise((r) => setTimeout(r, 100));

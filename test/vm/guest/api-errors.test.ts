@@ -39,7 +39,11 @@ if (env === null) {
     ] as const) {
       const err = errorOf(fn);
       t.match(err, { code: 'EBUSY', device: edu2 }, `${what}: EBUSY`);
-      t.match(err instanceof VfioError ? err.message : err, new RegExp(`not viable.*${rng.replace(/\./g, '\\.')} is bound to virtio-pci`), `${what}: the message names the blocker`);
+      t.match(
+        err instanceof VfioError ? err.message : err,
+        new RegExp(`not viable.*${rng.replace(/\./g, '\\.')} is bound to virtio-pci`),
+        `${what}: the message names the blocker`,
+      );
     }
     if (mode === 'cdev') {
       const cause = (errorOf(() => vfio.openDevice(edu2)) as VfioError).cause;
@@ -47,10 +51,17 @@ if (env === null) {
     }
     // Containers made by the failed assignDevice calls above stay open (they
     // belong to the context); close them so only leaks would remain.
-    t.same(newFds(before).filter((f) => !/\/dev\/(vfio\/vfio|iommu)$/.test(f)), [], 'no device or group fd left');
+    t.same(
+      newFds(before).filter((f) => !/\/dev\/(vfio\/vfio|iommu)$/.test(f)),
+      [],
+      'no device or group fd left',
+    );
     // The same container still takes a viable device.
     const c = vfio.createContainer();
-    t.match(errorOf(() => c.assignDevice(edu2)), { code: 'EBUSY' });
+    t.match(
+      errorOf(() => c.assignDevice(edu2)),
+      { code: 'EBUSY' },
+    );
     c.assignDevice(edu);
     const dev = vfio.openDevice(edu);
     t.equal(dev.mapBar(0).read32(REG.id), EDU_ID, 'the failed assign left the container usable');
@@ -70,9 +81,21 @@ if (env === null) {
       t.match(err, { code: 'ENODEV', device: rng }, `${what}: ENODEV`);
       t.match(err instanceof VfioError ? err.message : err, /bound to virtio-pci; bind it to vfio-pci/, `${what}: says what to do`);
     }
-    t.match(errorOf(() => vfio.openDevice('0000:00:1e.0')), { code: 'ENODEV' }, 'no such device: ENODEV');
-    t.match(errorOf(() => vfio.openDevice('../../../etc')), { code: 'EINVAL' }, 'not a PCI address: EINVAL');
-    t.same(newFds(before).filter((f) => !/\/dev\/(vfio\/vfio|iommu)$/.test(f)), [], 'no device or group fd left');
+    t.match(
+      errorOf(() => vfio.openDevice('0000:00:1e.0')),
+      { code: 'ENODEV' },
+      'no such device: ENODEV',
+    );
+    t.match(
+      errorOf(() => vfio.openDevice('../../../etc')),
+      { code: 'EINVAL' },
+      'not a PCI address: EINVAL',
+    );
+    t.same(
+      newFds(before).filter((f) => !/\/dev\/(vfio\/vfio|iommu)$/.test(f)),
+      [],
+      'no device or group fd left',
+    );
   });
 
   t.test('a device busy in another process', async (t) => {
@@ -105,8 +128,16 @@ if (env === null) {
     const before = openFds();
     const err = errorOf(() => vfio.openDevice(edu));
     t.match(err, { code: 'EBUSY', device: edu }, `openDevice: EBUSY (${err instanceof VfioError ? err.message : err})`);
-    t.match(errorOf(() => vfio.getDeviceInfo(edu)), { code: 'EBUSY', device: edu }, 'getDeviceInfo: EBUSY');
-    t.same(newFds(before).filter((f) => !/\/dev\/(vfio\/vfio|iommu)$/.test(f)), [], 'no device or group fd left');
+    t.match(
+      errorOf(() => vfio.getDeviceInfo(edu)),
+      { code: 'EBUSY', device: edu },
+      'getDeviceInfo: EBUSY',
+    );
+    t.same(
+      newFds(before).filter((f) => !/\/dev\/(vfio\/vfio|iommu)$/.test(f)),
+      [],
+      'no device or group fd left',
+    );
 
     child.stdin.end();
     t.equal(await exited, 0, 'the holder released it and exited');
@@ -119,8 +150,16 @@ if (env === null) {
   t.test('a forced mode the machine cannot give', async (t) => {
     const impossible = iommu ? 'noiommu' : 'cdev';
     const ctx = createVfio({ sys: koffiSys, mode: impossible });
-    t.match(errorOf(() => ctx.getMode(edu)), { code: 'ENXIO' }, `${impossible}: ENXIO`);
-    t.match(errorOf(() => ctx.openDevice(edu)), { code: 'ENXIO' }, `openDevice in ${impossible}: ENXIO`);
+    t.match(
+      errorOf(() => ctx.getMode(edu)),
+      { code: 'ENXIO' },
+      `${impossible}: ENXIO`,
+    );
+    t.match(
+      errorOf(() => ctx.openDevice(edu)),
+      { code: 'ENXIO' },
+      `openDevice in ${impossible}: ENXIO`,
+    );
     ctx.close();
     if (mode === 'cdev' || mode === 'group') {
       const other = mode === 'cdev' ? 'group' : 'cdev';

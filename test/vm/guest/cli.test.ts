@@ -71,25 +71,37 @@ if (env === null) {
 
   t.test('vfio ls --json', async (t) => {
     const devices = ls();
-    t.match(devices.get(edu), {
-      address: edu,
-      vendor: '0x1234',
-      device: '0x11e8',
-      driver: 'vfio-pci',
-      vfio: true,
-      iommuGroup: groupOf(edu),
-      noiommu: !iommu,
-      viable: true,
-      blockers: [],
-      mode,
-    }, 'edu: on vfio-pci, viable, in the booted mode');
+    t.match(
+      devices.get(edu),
+      {
+        address: edu,
+        vendor: '0x1234',
+        device: '0x11e8',
+        driver: 'vfio-pci',
+        vfio: true,
+        iommuGroup: groupOf(edu),
+        noiommu: !iommu,
+        viable: true,
+        blockers: [],
+        mode,
+      },
+      'edu: on vfio-pci, viable, in the booted mode',
+    );
     t.match(devices.get(rng), { driver: 'virtio-pci', vfio: false, mode: null }, 'the virtio-rng is on its host driver');
     if (iommu) {
-      t.match(devices.get(edu2), { driver: 'vfio-pci', viable: false, blockers: [{ address: rng, driver: 'virtio-pci' }], mode }, 'edu2 shares its group with the rng: not viable');
+      t.match(
+        devices.get(edu2),
+        { driver: 'vfio-pci', viable: false, blockers: [{ address: rng, driver: 'virtio-pci' }], mode },
+        'edu2 shares its group with the rng: not viable',
+      );
       // Behind a conventional bridge the group is the bridge and everything behind it.
       const members = devices.get(edu2)?.groupMembers ?? [];
       t.ok(members.some((m) => m.address === rng) && members.some((m) => m.address === edu2), 'edu2 and the rng are in one group');
-      t.same(members.filter((m) => m.address !== edu2 && m.address !== rng && m.driver !== null && m.driver !== 'pcieport'), [], 'the rest of it (the bridge) blocks nothing');
+      t.same(
+        members.filter((m) => m.address !== edu2 && m.address !== rng && m.driver !== null && m.driver !== 'pcieport'),
+        [],
+        'the rest of it (the bridge) blocks nothing',
+      );
     } else {
       t.match(devices.get(edu2), { driver: 'vfio-pci', viable: true, noiommu: true, mode }, 'no-IOMMU groups hold one device each');
       t.match(devices.get(rng), { iommuGroup: null, viable: null }, 'without an IOMMU a host-driven device has no group');
@@ -97,7 +109,11 @@ if (env === null) {
     const table = vfio('ls');
     t.equal(table.code, 0);
     const group = iommu ? String(groupOf(edu)) : `noiommu-${groupOf(edu)}`;
-    t.match(table.out, new RegExp(`\\n${edu.replace('.', '\\.')} +1234:11e8 +Unclassified device +vfio-pci +${group} +yes +${mode}\\n`), 'the table row of edu');
+    t.match(
+      table.out,
+      new RegExp(`\\n${edu.replace('.', '\\.')} +1234:11e8 +Unclassified device +vfio-pci +${group} +yes +${mode}\\n`),
+      'the table row of edu',
+    );
     t.same(vfio('ls', '--vfio', '--json').code, 0);
   });
 
@@ -112,7 +128,12 @@ if (env === null) {
     t.match(r.out, /\n +7 +config +(256 B|4 KiB) +0x[0-9a-f]+ +read,write +-\n/, 'config space');
     t.match(r.out, /\n +1 +msi +1 +eventfd/, 'one MSI vector');
     t.match(r.out, /\n +0 +intx +1 +eventfd,maskable,automasked\n/, 'INTx');
-    if (iommu) t.match(r.out, /\niova ranges:\n  0x0000000000000000 - 0x00000000fedfffff\n  0x00000000fef00000 - 0x[0-9a-f]{16}\n  granule 4 KiB/, 'IOVA ranges around the MSI window');
+    if (iommu)
+      t.match(
+        r.out,
+        /\niova ranges:\n  0x0000000000000000 - 0x00000000fedfffff\n  0x00000000fef00000 - 0x[0-9a-f]{16}\n  granule 4 KiB/,
+        'IOVA ranges around the MSI window',
+      );
     else t.match(r.out, /\niova ranges:\n  none: no-IOMMU mode/);
 
     const j = vfio('info', edu, '--json');
@@ -143,14 +164,26 @@ if (env === null) {
     } else {
       t.equal(r2.code, 0, r2.err);
     }
-    t.same(vfio('info', rng), { code: 1, out: '', err: `vfio info: ${rng} is not managed by VFIO (it is bound to virtio-pci): bind it with \`vfio bind ${rng}\`\n` });
+    t.same(vfio('info', rng), {
+      code: 1,
+      out: '',
+      err: `vfio info: ${rng} is not managed by VFIO (it is bound to virtio-pci): bind it with \`vfio bind ${rng}\`\n`,
+    });
     t.match(vfio('info', '0000:00:1f.6'), { code: 1, err: /^vfio info: ENODEV/ });
     t.match(vfio('info', 'edu'), { code: 2, err: /^vfio info: not a PCI address/ });
   });
 
   t.test('vfio bar <edu> 0', async (t) => {
-    t.same(vfio('bar', edu, '0', '--read', '0'), { code: 0, out: '0x00000000/32 = 0x010000ed\n', err: '' }, 'identification through the mapped BAR');
-    t.same(vfio('bar', edu, '0', '--write', '4=0x12345678', '--read', '4'), { code: 0, out: '0x00000004/32 <- 0x12345678\n0x00000004/32 = 0xedcba987\n', err: '' }, 'the liveness register inverts');
+    t.same(
+      vfio('bar', edu, '0', '--read', '0'),
+      { code: 0, out: '0x00000000/32 = 0x010000ed\n', err: '' },
+      'identification through the mapped BAR',
+    );
+    t.same(
+      vfio('bar', edu, '0', '--write', '4=0x12345678', '--read', '4'),
+      { code: 0, out: '0x00000004/32 <- 0x12345678\n0x00000004/32 = 0xedcba987\n', err: '' },
+      'the liveness register inverts',
+    );
     const dump = vfio('bar', edu, '0', '--length', '16');
     t.match(dump.out, /^00000000  ed 00 00 01 /);
   });
@@ -163,7 +196,11 @@ if (env === null) {
     t.match(checks.get('modes'), { status: 'ok', message: new RegExp(`available modes: .*${mode}`) });
     t.match(checks.get('permissions'), { status: 'ok' });
     if (iommu) {
-      t.match(checks.get('devices'), { status: 'fail', message: new RegExp(`${edu2.replace('.', '\\.')} \\(${mode}, group not viable\\)`) }, 'edu2 is reported with its fix');
+      t.match(
+        checks.get('devices'),
+        { status: 'fail', message: new RegExp(`${edu2.replace('.', '\\.')} \\(${mode}, group not viable\\)`) },
+        'edu2 is reported with its fix',
+      );
       t.equal(r.code, 1);
     } else {
       t.match(checks.get('devices'), { status: 'ok' });
@@ -186,12 +223,20 @@ if (env === null) {
       }
     });
     const u = vfio('unbind', edu2);
-    t.same(u, { code: 0, out: `${edu2}: unbound from vfio-pci, now has no driver (no previous driver remembered: the kernel chose)\n`, err: '' });
+    t.same(u, {
+      code: 0,
+      out: `${edu2}: unbound from vfio-pci, now has no driver (no previous driver remembered: the kernel chose)\n`,
+      err: '',
+    });
     t.equal(driverOf(edu2), null, 'no driver in this kernel takes edu');
     t.equal(readFileSync(`/sys/bus/pci/devices/${edu2}/driver_override`, 'utf8'), '(null)\n', 'driver_override cleared');
     if (iommu) {
       const refused = vfio('bind', edu2);
-      t.same(refused, { code: 1, out: '', err: `vfio bind: IOMMU group ${groupOf(edu2)} of ${edu2} also holds ${rng} (virtio-pci) on host drivers: bind them too with --group, or unbind them first\n` });
+      t.same(refused, {
+        code: 1,
+        out: '',
+        err: `vfio bind: IOMMU group ${groupOf(edu2)} of ${edu2} also holds ${rng} (virtio-pci) on host drivers: bind them too with --group, or unbind them first\n`,
+      });
       t.equal(driverOf(edu2), null, 'nothing changed');
       const g = vfio('bind', edu2, '--group');
       t.same(g, { code: 0, out: `${edu2}: bound to vfio-pci (was no driver)\n${rng}: bound to vfio-pci (was virtio-pci)\n`, err: '' });
@@ -214,7 +259,10 @@ if (env === null) {
     const run = (...args: string[]) => spawnSync(process.execPath, [entry, ...args], { encoding: 'utf8' });
     const r = run('ls', '--json');
     t.equal(r.status, 0, r.stderr);
-    t.match((JSON.parse(r.stdout) as LsEntry[]).find((d) => d.address === edu), { driver: 'vfio-pci', mode });
+    t.match(
+      (JSON.parse(r.stdout) as LsEntry[]).find((d) => d.address === edu),
+      { driver: 'vfio-pci', mode },
+    );
     const bad = run('bar', edu, '7');
     t.equal(bad.status, 2);
     t.equal(bad.stderr, 'vfio bar: BAR index must be 0 to 5, got "7" (see `vfio bar --help`)\n');

@@ -50,7 +50,11 @@ if (env === null) {
       t.equal(f.devId, mine.devices[0]?.devId ?? -1, `${who}: and knows the device's id in the iommufd`);
     } else {
       t.equal(f.iommuType, mine.iommuType, `${who}: the primary's IOMMU type ${mine.iommuType}`);
-      t.same(f.groups, mine.groups.map((g) => g.group), `${who}: the primary's group membership`);
+      t.same(
+        f.groups,
+        mine.groups.map((g) => g.group),
+        `${who}: the primary's group membership`,
+      );
     }
     t.equal(f.barId, EDU_ID, `${who}: BAR0 mapped, edu identifies itself`);
     if (iommu) {
@@ -130,7 +134,10 @@ if (env === null) {
     const end = Date.now() + 10_000;
     while (server.connections > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
     t.equal(server.connections, 0, 'the kernel closed its socket: the connection ended');
-    const msiLines = (): string[] => readFileSync('/proc/interrupts', 'utf8').split('\n').filter((l) => l.includes('vfio-msi') && l.includes(edu));
+    const msiLines = (): string[] =>
+      readFileSync('/proc/interrupts', 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('vfio-msi') && l.includes(edu));
     t.same(msiLines(), [], 'the MSI it left enabled was disabled when the device came back');
     const dev = v.openDevice(edu);
     t.pass('the device came back to the primary');
@@ -182,7 +189,11 @@ if (env === null) {
     for (const c of extra) c.close();
     v.close();
     // Node itself keeps /dev/null open once a child was spawned with stdin 'ignore'.
-    t.same(newFds(fdsAtStart).filter((fd) => !fd.endsWith(' -> /dev/null')), [], 'no fd left in the primary');
+    t.same(
+      newFds(fdsAtStart).filter((fd) => !fd.endsWith(' -> /dev/null')),
+      [],
+      'no fd left in the primary',
+    );
   });
 
   t.test('the primary dies: the secondary gets ECONNRESET and keeps what it holds', async (t) => {
@@ -229,6 +240,10 @@ if (env === null) {
     // Where the poll thread watches the eventfds (the fallback), it closes its
     // stop eventfd once its poll has returned.
     await EventfdPoller.of(koffiSys).idle();
-    t.same(newFds(fdsAtStart).filter((fd) => !fd.endsWith(' -> /dev/null')), [], 'nothing left open');
+    t.same(
+      newFds(fdsAtStart).filter((fd) => !fd.endsWith(' -> /dev/null')),
+      [],
+      'nothing left open',
+    );
   });
 }
