@@ -376,14 +376,6 @@ export class Container {
 
   constructor(private readonly k: KernelCore) {}
 
-  get(): void {
-    this.refs++;
-  }
-
-  put(): void {
-    this.refs--;
-  }
-
   get type1(): Type1 | null {
     return this.driver instanceof Type1 ? this.driver : null;
   }
@@ -451,7 +443,6 @@ export class Container {
     group.containerUsers = 1;
     this.noiommu = group.noiommu;
     this.groups.push(group);
-    this.get();
   }
 
   /** vfio_group_detach_container(): the last group out releases the IOMMU driver. */
@@ -465,7 +456,6 @@ export class Container {
       this.driver.release();
       this.driver = null;
     }
-    this.put();
   }
 }
 
@@ -476,10 +466,6 @@ export class ContainerFile extends FakeFile {
   constructor(k: KernelCore, path: string, accessMode: number) {
     super(path, accessMode);
     this.container = new Container(k);
-  }
-
-  protected override release(): void {
-    this.container.put();
   }
 
   override ioctl(request: number, arg: IoctlArg): number {
