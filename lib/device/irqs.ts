@@ -20,6 +20,7 @@
 //   interrupt that has already arrived costs no trip through the event loop.
 // - A vector that has been waited on holds one more fd (its watcher's dup of
 //   the eventfd, on the event-loop path) until its set is disabled.
+import { CountQueue } from '../base/count-queue.js';
 import { usageError, VfioError } from '../base/errors.js';
 import { readEventfdCount } from '../libc/eventfd-poller.js';
 import { EFD_CLOEXEC, EFD_NONBLOCK, type EventfdWatcher, type Fd } from '../libc/sys.js';
@@ -192,83 +193,31 @@ export class IrqVector {
   events(opts: WaitOptions = {}): AsyncIterableIterator<number> {
     this.#assertLive();
     const { signal } = opts;
-    let pending = 0;
-    let waiter: { resolve(r: IteratorResult<number>): void; reject(e: unknown): void } | null = null;
-    let finished = false;
-    let failure: { err: unknown } | null = null;
-    const settle = (): { resolve(r: IteratorResult<number>): void; reject(e: unknown): void } | null => {
-      const w = waiter;
-      waiter = null;
-      if (w !== null && listener.waiting) {
-        listener.waiting = false;
+    // The queue keeps the counts and the one pending next(); this listener
+    // feeds it and asks for the watcher only while a next() waits.
+    const listener: Listener = { count: (n) => queue.push(n), end: (err) => queue.end(err), waiting: false };
+    const onAbort = (): void => queue.end(signal?.reason);
+    const queue = new CountQueue({
+      waiting: (waiting) => {
+        listener.waiting = waiting;
         this.#update();
-      }
-      return w;
-    };
-    const finish = (err?: unknown): void => {
-      if (finished) return;
-      finished = true;
-      this.#remove(listener);
-      signal?.removeEventListener('abort', onAbort);
-      const w = settle();
-      if (w === null) {
-        if (err !== undefined) failure = { err };
-      } else if (err !== undefined) {
-        w.reject(err);
-      } else {
-        w.resolve({ value: undefined, done: true });
-      }
-    };
-    const onAbort = (): void => finish(signal?.reason);
-    const listener: Listener = {
-      count: (n) => {
-        const w = settle();
-        if (w === null) pending += n;
-        else w.resolve({ value: n, done: false });
       },
-      end: (err) => finish(err),
-      waiting: false,
-    };
+      // An interrupt already in the eventfd is taken now (see #drain); a
+      // failed read ends the queue with its error.
+      poll: () => this.#drain(),
+      ended: () => {
+        this.#remove(listener);
+        signal?.removeEventListener('abort', onAbort);
+      },
+      busy: () => usageError('EBUSY', 'next() called again before the previous call settled', { device: this.#h.address }),
+    });
     if (signal?.aborted) {
-      finished = true;
-      failure = { err: signal.reason };
+      queue.end(signal.reason);
     } else {
       this.#add(listener);
       signal?.addEventListener('abort', onAbort, { once: true });
     }
-    const it: AsyncIterableIterator<number> = {
-      next: () => {
-        // An interrupt already in the eventfd is taken now (see #drain); a
-        // failed read ends the iteration, and its error is the failure below.
-        if (pending === 0 && !finished && waiter === null) this.#drain();
-        if (failure !== null) {
-          const f = failure;
-          failure = null;
-          return Promise.reject(f.err);
-        }
-        // Counts that arrived before the set was disabled are still delivered.
-        if (pending > 0) {
-          const n = pending;
-          pending = 0;
-          return Promise.resolve({ value: n, done: false });
-        }
-        if (finished) return Promise.resolve({ value: undefined, done: true });
-        if (waiter !== null) {
-          return Promise.reject(usageError('EBUSY', 'next() called again before the previous call settled', { device: this.#h.address }));
-        }
-        return new Promise((resolve, reject) => {
-          waiter = { resolve, reject };
-          listener.waiting = true;
-          this.#update();
-        });
-      },
-      return: () => {
-        finish();
-        return Promise.resolve({ value: undefined, done: true });
-      },
-      [Symbol.asyncIterator]: () => it,
-    };
-    return it;
+    return queue.iterator();
   }
 
   /**
