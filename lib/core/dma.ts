@@ -125,6 +125,17 @@ export class DmaBuffer implements Disposable {
   private recordSlot: object | null = null;
   /** The memfd behind a shareable buffer (-1 otherwise, and once freed). */
   private memfdSlot: Fd;
+  /**
+   * Identity (no-IOMMU) mode: the bus address of each page (of `pageBytes`),
+   * since consecutive virtual pages need not be consecutive physical ones.
+   * Null when the device sees the buffer as one block at `iova` (IOMMU modes).
+   */
+  private pagesSlot: readonly bigint[] | null = null;
+  private pageBytes = 0;
+  /** Whether the pages are consecutive in bus addresses (set with them). */
+  private contiguousSlot = true;
+  /** The view `bytes` returns, made once; dropped by free() before the munmap. */
+  private viewSlot: Uint8Array | null = null;
 
   /** @internal Containers create buffers (Container.allocDma). */
   constructor(
@@ -174,30 +185,80 @@ export class DmaBuffer implements Disposable {
   get bytes(): Uint8Array {
     this.checkLive();
     // SAFETY: state 'live' means [vaddr, vaddr + size) is still mapped: free()
-    // leaves 'live' before it munmaps, so no new view can be made after.
-    return this.sys.view(this.vaddr, this.size);
+    // leaves 'live' (and drops this view) before it munmaps, so the view is
+    // never handed out after that. One view for the buffer's life: a driver
+    // may read `buf.bytes` in its hot loop without making garbage.
+    return (this.viewSlot ??= this.sys.view(this.vaddr, this.size));
   }
 
   /**
-   * The device-side address of byte 0.
-   * @throws VfioError ECLOSED after free(); EINVAL when not mapped.
+   * The device-side address of byte 0, from which the whole buffer is
+   * reachable as one block. In no-IOMMU mode a buffer of several pages is
+   * usually not physically contiguous: then use `iovaAt(offset)` per page.
+   * @throws VfioError ECLOSED after free(); EINVAL when not mapped, or (no-IOMMU
+   *   mode) when the buffer is not physically contiguous: the message says
+   *   what to use instead.
    */
   get iova(): bigint {
     this.checkLive();
     if (this.iovaSlot === null) throw usageError('EINVAL', 'the DMA buffer is not mapped (call map())');
+    if (!this.contiguousSlot) {
+      throw usageError(
+        'EINVAL',
+        `the ${this.size / this.pageBytes}-page DMA buffer is not physically contiguous (no-IOMMU mode: the device sees each page ` +
+          'at its own physical address): hand the device per-page addresses with iovaAt(offset) (PRP or scatter-gather lists), ' +
+          `or allocate with { hugepages: true } for physically contiguous blocks of ${HUGE_PAGE_SIZE / 1048576} MiB`,
+      );
+    }
     return this.iovaSlot;
   }
 
   /**
-   * The device address of byte `offset` of the buffer.
+   * True when the device reaches the whole buffer as one block from `iova`:
+   * always with an IOMMU; in no-IOMMU mode only when its pages happen to be
+   * physically consecutive (one page, or one huge page, always is).
+   * @throws VfioError ECLOSED after free(); EINVAL when not mapped.
+   */
+  get contiguous(): boolean {
+    this.checkLive();
+    if (this.iovaSlot === null) throw usageError('EINVAL', 'the DMA buffer is not mapped (call map())');
+    return this.contiguousSlot;
+  }
+
+  /**
+   * The device address of byte `offset` of the buffer: `iova + offset` with
+   * an IOMMU; in no-IOMMU mode the physical address of that byte, page by
+   * page, so that a buffer need not be physically contiguous (describe it to
+   * the device one page at a time, or per `contiguousFrom` run).
    * @throws VfioError EINVAL offset outside the buffer or not mapped; ECLOSED after free().
    */
   iovaAt(offset: number): bigint {
-    const base = this.iova;
+    this.checkLive();
+    if (this.iovaSlot === null) throw usageError('EINVAL', 'the DMA buffer is not mapped (call map())');
     if (!Number.isSafeInteger(offset) || offset < 0 || offset >= this.size) {
       throw usageError('EINVAL', `offset ${offset} is outside the ${this.size}-byte DMA buffer`);
     }
-    return base + BigInt(offset);
+    const pages = this.pagesSlot;
+    if (pages === null) return this.iovaSlot + BigInt(offset);
+    return pages[Math.floor(offset / this.pageBytes)]! + BigInt(offset % this.pageBytes);
+  }
+
+  /**
+   * How many bytes from `offset` on the device reaches as one block from
+   * `iovaAt(offset)`: up to the end with an IOMMU; in no-IOMMU mode up to the
+   * end of the run of physically consecutive pages (at least to the end of
+   * the page; a whole huge page for a huge-page buffer).
+   * @throws VfioError EINVAL offset outside the buffer or not mapped; ECLOSED after free().
+   */
+  contiguousFrom(offset: number): number {
+    const start = this.iovaAt(offset);
+    const pages = this.pagesSlot;
+    if (pages === null) return this.size - offset;
+    const ps = this.pageBytes;
+    let i = Math.floor(offset / ps) + 1;
+    const first = Math.floor(offset / ps);
+    while (i < pages.length && pages[i] === pages[first]! + BigInt((i - first) * ps)) i++;
+    return Number(pages[first]! + BigInt((i - first) * ps) - start);
   }
 
   /**
@@ -234,6 +295,7 @@ export class DmaBuffer implements Disposable {
   free(): void {
     if (this.state === 'freed') return;
     this.state = 'freeing';
+    this.viewSlot = null;
     teardown([
       () => this.owner.unmapBuffer(this),
       () => {
@@ -262,9 +324,12 @@ export class DmaBuffer implements Disposable {
    * record of the mapping: kept here so that the owner finds it on unmap
    * without a lookup by buffer (map + unmap is a driver's hot path).
    */
-  setIova(iova: bigint | null, record: object | null = null): void {
+  setIova(iova: bigint | null, record: object | null = null, pages: PageAddresses | null = null): void {
     this.iovaSlot = iova;
     this.recordSlot = record;
+    this.pagesSlot = pages?.addresses ?? null;
+    this.pageBytes = pages?.pageSize ?? 0;
+    this.contiguousSlot = pages === null || pages.contiguous;
   }
 
   /** @internal What the owner recorded with the IOVA (setIova), or null. */
@@ -334,19 +399,27 @@ function lockedMemory(sys: Sys, length: number, shared: string | undefined, huge
   });
 }
 
+/** The bus address of each page of a buffer, as identity (no-IOMMU) mode gives them. */
+export interface PageAddresses {
+  readonly addresses: readonly bigint[];
+  readonly pageSize: number;
+  /** Each page follows the previous one in bus addresses. */
+  readonly contiguous: boolean;
+}
+
 const PAGEMAP_ENTRY = 8;
 const PAGEMAP_PRESENT = 1n << 63n;
 const PAGEMAP_PFN_MASK = (1n << 55n) - 1n;
 
 /**
- * The physical address of [vaddr, vaddr + size), read from
- * /proc/self/pagemap: what a device sees as the IOVA in no-IOMMU mode. The
- * range must be physically contiguous, because the device gets one address.
+ * The physical address of each page of [vaddr, vaddr + size), read from
+ * /proc/self/pagemap: what a device sees in no-IOMMU mode. Pages need not be
+ * consecutive (a huge page's 4 KiB pages are).
  * @throws VfioError EPERM the PFNs read as 0 (reading them needs
- *   CAP_SYS_ADMIN); EIO a page is not present or a short read; ENOMEM the
- *   pages are not physically contiguous; any errno of open/pread/close.
+ *   CAP_SYS_ADMIN); EIO a page is not present or a short read; any errno of
+ *   open/pread/close.
  */
-export function physicalAddress(sys: Sys, roots: Roots, vaddr: bigint, size: number, pageSize: number): bigint {
+export function physicalPages(sys: Sys, roots: Roots, vaddr: bigint, size: number, pageSize: number): PageAddresses {
   const page = BigInt(pageSize);
   const pages = Math.ceil(size / pageSize);
   const path = pagemapFile(roots);
@@ -359,7 +432,8 @@ export function physicalAddress(sys: Sys, roots: Roots, vaddr: bigint, size: num
   sys.close(fd);
   if (n !== entries.length) throw usageError('EIO', `short read of ${path} (${n} of ${entries.length} bytes)`, { path });
   const dv = new DataView(entries.buffer);
-  let first = 0n;
+  const addresses: bigint[] = [];
+  let contiguous = true;
   for (let i = 0; i < pages; i++) {
     const entry = dv.getBigUint64(i * PAGEMAP_ENTRY, true);
     if ((entry & PAGEMAP_PRESENT) === 0n) throw usageError('EIO', `page ${i} of the DMA buffer is not present in ${path}`, { path });
@@ -367,14 +441,9 @@ export function physicalAddress(sys: Sys, roots: Roots, vaddr: bigint, size: num
     if (pfn === 0n) {
       throw usageError('EPERM', `${path} hides physical addresses: no-IOMMU DMA needs root (CAP_SYS_ADMIN)`, { path });
     }
-    if (i === 0) first = pfn;
-    else if (pfn !== first + BigInt(i)) {
-      throw usageError(
-        'ENOMEM',
-        `the ${pages}-page DMA buffer is not physically contiguous (a no-IOMMU device needs one block); allocate one page per buffer`,
-        { path },
-      );
-    }
+    const addr = pfn * page;
+    if (i > 0 && addr !== addresses[i - 1]! + page) contiguous = false;
+    addresses.push(addr);
   }
-  return first * page + (vaddr % page);
+  return { addresses, pageSize, contiguous };
 }

@@ -8,8 +8,9 @@
 //   the backing.
 // - Every byte of anonymous and memfd memory has a page frame number (PFN),
 //   handed out lazily and never contiguous from one 4 KiB page to the next
-//   (hugetlb pages are contiguous within the huge page), so no-IOMMU code that
-//   assumes physical contiguity fails here as it would on a real machine.
+//   (hugetlb pages are contiguous within the huge page, never from one huge
+//   page to the next), so no-IOMMU code that assumes physical contiguity
+//   fails here as it would on a real machine.
 // - A view handed out through a mapping dies with the mapping: when munmap
 //   removes the last mapping of a backing (anonymous, memfd or device BAR
 //   memory) the bytes move to a new ArrayBuffer and the old one is detached,
@@ -67,7 +68,8 @@ export class PhysicalMemory {
   huge(pages: number, backing: Backing, firstPage: number): bigint {
     const n = BigInt(pages);
     const base = alignUp(this.nextHuge, n);
-    this.nextHuge = base + n;
+    // A gap after each huge page: two huge pages of one buffer are not consecutive (as on a real machine, mostly).
+    this.nextHuge = base + 2n * n;
     for (let i = 0; i < pages; i++) this.owners.set(base + BigInt(i), { backing, page: firstPage + i });
     return base;
   }

@@ -36,6 +36,13 @@ export interface BarSpec {
    * reports them: mmap is then allowed only inside these (page aligned) areas.
    */
   readonly sparse?: readonly { readonly offset: number; readonly size: number }[];
+  /**
+   * Whether the region info of the BAR holding the MSI-X table reports
+   * VFIO_REGION_INFO_CAP_MSIX_MAPPABLE (Linux 4.16+: the table may be
+   * mmap'd with the rest). Default true; false models a kernel that keeps
+   * the table out of the mapping (with `sparse` areas around it).
+   */
+  readonly msixMappable?: boolean;
   /** Fills the BAR's initial (and after-reset) contents. */
   readonly init?: (bytes: Uint8Array) => void;
 }

@@ -39,7 +39,7 @@ import {
   DmaBuffer,
   allocLockedMemory,
   HUGE_PAGE_SIZE,
-  physicalAddress,
+  physicalPages,
   type DmaAllocOptions,
   type DmaMapOptions,
   type DmaOwner,
@@ -344,8 +344,10 @@ export class Container implements Disposable, DmaOwner {
   /**
    * Allocates `size` bytes (rounded up to whole pages) of locked memory and
    * maps it for DMA: at `opts.iova`, or at an IOVA the container picks below
-   * `opts.dmaLimit`. In identity (no-IOMMU) mode the IOVA is the buffer's
-   * physical address (reading it needs root). `opts.shareable` backs it with
+   * `opts.dmaLimit`. In identity (no-IOMMU) mode the device sees physical
+   * addresses (reading them needs root), page by page: `buf.iovaAt(offset)`
+   * is right for any buffer, `buf.iova` only for a physically contiguous one
+   * (`buf.contiguous`: one page, or one huge page with `hugepages`). `opts.shareable` backs it with
    * a memfd, so that lib/share can hand it to another process or thread.
    * `opts.hugepages` asks for 2 MiB pages (see DmaAllocOptions); such a buffer
    * gets a 2 MiB-aligned IOVA unless `align` or `iova` says otherwise. In
@@ -355,8 +357,8 @@ export class Container implements Disposable, DmaOwner {
    *   IOMMU's ranges; EEXIST the IOVA overlaps a mapping; ENOSPC no IOVA room
    *   below the limit (identity mode: the physical address is above it);
    *   ENOTSUP an explicit IOVA in identity mode; ENOMEM/EAGAIN/EPERM locking
-   *   the memory failed (RLIMIT_MEMLOCK), or in identity mode the pages are
-   *   not physically contiguous / not readable without root; ECLOSED the
+   *   the memory failed (RLIMIT_MEMLOCK); EPERM in identity mode, physical
+   *   addresses are not readable without root; ECLOSED the
    *   container is closed; any errno of the map ioctl. Nothing is left
    *   allocated or mapped after a failure.
    */
@@ -456,15 +458,21 @@ export class Container implements Disposable, DmaOwner {
     const size = buf.sizeBig;
     if (this.allocator === null) {
       // Identity mode: the device sees physical addresses.
-      const phys = physicalAddress(this.env.sys, this.env.roots, buf.vaddr, buf.size, this.env.pageSize);
+      // Each page has its own physical address (buf.iovaAt); buf.iova is only
+      // handed out when they are consecutive (buf.contiguous).
+      const pages = physicalPages(this.env.sys, this.env.roots, buf.vaddr, buf.size, this.env.pageSize);
+      const phys = pages.addresses[0]!;
       const align = opts.align ?? 1n;
-      if (phys % align !== 0n || (opts.dmaLimit !== undefined && phys + size > opts.dmaLimit)) {
+      const page = BigInt(pages.pageSize);
+      const above = opts.dmaLimit === undefined ? undefined : pages.addresses.find((a) => a + page > opts.dmaLimit!);
+      if (phys % align !== 0n || above !== undefined) {
         throw usageError(
           'ENOSPC',
-          `no-IOMMU mode: the buffer's physical address 0x${phys.toString(16)} does not satisfy the requested alignment or DMA limit`,
+          `no-IOMMU mode: the buffer's physical address 0x${(above ?? phys).toString(16)} does not satisfy the requested ` +
+            `${above === undefined ? 'alignment' : 'DMA limit'} (the kernel chose the pages; allocate again or lift the limit)`,
         );
       }
-      buf.setIova(phys);
+      buf.setIova(phys, null, pages.addresses.length === 1 ? null : pages);
       return phys;
     }
     // The IOMMU's ranges changed (or were never read): read them first, and
