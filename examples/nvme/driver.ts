@@ -334,7 +334,8 @@ export class Nvme implements AsyncDisposable {
       cdw11: (want << 16) | want,
     });
     const pairs = Math.min((granted & 0xffff) + 1, (granted >>> 16) + 1);
-    if (pairs < ioQueues) throw new NvmeControllerError(`${this.address}: the controller grants ${pairs} I/O queue pairs, ${ioQueues} asked`);
+    if (pairs < ioQueues)
+      throw new NvmeControllerError(`${this.address}: the controller grants ${pairs} I/O queue pairs, ${ioQueues} asked`);
 
     // Step 6: CQ first (on vector i, interrupts enabled), then its SQ.
     for (let id = 1; id <= ioQueues; id++) {
@@ -359,7 +360,10 @@ export class Nvme implements AsyncDisposable {
     await this.#submit(this.#admin, 'Identify Controller', { opcode: ADMIN.identify, prp1: page.iova, cdw10: 1 });
     const b = page.bytes;
     const dv = new DataView(b.buffer, b.byteOffset, PAGE);
-    const text = (at: number, len: number): string => Buffer.from(b.subarray(at, at + len)).toString('latin1').trimEnd();
+    const text = (at: number, len: number): string =>
+      Buffer.from(b.subarray(at, at + len))
+        .toString('latin1')
+        .trimEnd();
     const mdts = b[77]!;
     // One PRP list page describes 512 pages; MDTS 0 means "no limit".
     const maxPages = Math.min(mdts === 0 ? 512 : 2 ** mdts, 512);
@@ -468,7 +472,9 @@ export class Nvme implements AsyncDisposable {
     if (queue < 1 || q === undefined) return Promise.reject(new RangeError(`no I/O queue ${queue} (1..${this.#queues.length - 1})`));
     const bytes = blocks * this.#namespace.blockSize;
     if (!Number.isInteger(blocks) || blocks < 1 || blocks > 65536 || bytes > this.#controller.maxTransfer) {
-      return Promise.reject(new RangeError(`${blocks} blocks is not 1..${this.#controller.maxTransfer / this.#namespace.blockSize} (MDTS)`));
+      return Promise.reject(
+        new RangeError(`${blocks} blocks is not 1..${this.#controller.maxTransfer / this.#namespace.blockSize} (MDTS)`),
+      );
     }
     if (!Number.isInteger(offset) || offset < 0 || offset % 4 !== 0 || offset + bytes > buf.size) {
       return Promise.reject(new RangeError(`[${offset}, ${offset + bytes}) is not a dword-aligned range of the ${buf.size}-byte buffer`));
@@ -511,8 +517,10 @@ export class Nvme implements AsyncDisposable {
     const deadline = performance.now() + this.#timeoutMs;
     for (;;) {
       const csts = this.#bar.read32(REG_CSTS);
-      if (csts === 0xffffffff) throw new NvmeControllerError(`${this.address}: CSTS reads all ones: the device is gone or not decoding memory`);
-      if ((csts & CSTS_CFS) !== 0) throw new NvmeControllerError(`${this.address}: controller fatal status (CSTS.CFS) while waiting to ${what}`);
+      if (csts === 0xffffffff)
+        throw new NvmeControllerError(`${this.address}: CSTS reads all ones: the device is gone or not decoding memory`);
+      if ((csts & CSTS_CFS) !== 0)
+        throw new NvmeControllerError(`${this.address}: controller fatal status (CSTS.CFS) while waiting to ${what}`);
       if ((csts & mask) === value) return;
       if (performance.now() > deadline) {
         throw new NvmeControllerError(`${this.address}: the controller did not ${what} within CAP.TO (${this.#timeoutMs} ms)`);

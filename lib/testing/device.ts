@@ -125,7 +125,16 @@ export class FakePciDevice implements DeviceContext {
       layouts.push(layout);
       const length = Math.max(b.size, PAGE_SIZE);
       const backing = new Backing('device', length, host.phys, 0, layout.busAddress);
-      this.bars.set(b.index, { layout, backing, mmap: b.mmap, read: b.read, write: b.write, sparse: b.sparse, msixMappable: b.msixMappable ?? true, init: b.init });
+      this.bars.set(b.index, {
+        layout,
+        backing,
+        mmap: b.mmap,
+        read: b.read,
+        write: b.write,
+        sparse: b.sparse,
+        msixMappable: b.msixMappable ?? true,
+        init: b.init,
+      });
     }
     this.rom = desc.rom === null ? null : new Backing('device', desc.rom!.size, host.phys, 0, busAddress(desc.rom!.size, 'mem32'));
     if (this.rom !== null) desc.rom!.init?.(new Uint8Array(this.rom.buffer));
@@ -372,7 +381,8 @@ export class FakePciDevice implements DeviceContext {
             );
           });
         }
-        if (b.msixMappable && this.config.msixTable()?.bar === index) caps.add(vfio_info_cap_header, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, {});
+        if (b.msixMappable && this.config.msixTable()?.bar === index)
+          caps.add(vfio_info_cap_header, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, {});
       }
       return { size: BigInt(b.layout.size), flags, caps };
     }

@@ -84,7 +84,15 @@ export const NVME_STATUS = {
 /** Do Not Retry: set on every error this model returns (none is transient). */
 const DNR = 0x4000;
 
-const ADMIN = { deleteSq: 0x00, createSq: 0x01, deleteCq: 0x04, createCq: 0x05, identify: 0x06, setFeatures: 0x09, getFeatures: 0x0a } as const;
+const ADMIN = {
+  deleteSq: 0x00,
+  createSq: 0x01,
+  deleteCq: 0x04,
+  createCq: 0x05,
+  identify: 0x06,
+  setFeatures: 0x09,
+  getFeatures: 0x0a,
+} as const;
 const IO = { flush: 0x00, write: 0x01, read: 0x02 } as const;
 const FEATURE_NUM_QUEUES = 0x07;
 
@@ -533,7 +541,7 @@ class NvmeModel implements DeviceModel {
     const P = BigInt(page);
     const prp1 = c.getBigUint64(24, true);
     const prp2 = c.getBigUint64(32, true);
-    if ((c.getUint8(1) >> 6) !== 0) throw new NvmeError(NVME_STATUS.invalidField); // PSDT: SGLs are not offered
+    if (c.getUint8(1) >> 6 !== 0) throw new NvmeError(NVME_STATUS.invalidField); // PSDT: SGLs are not offered
     if (prp1 & 3n) throw new NvmeError(NVME_STATUS.invalidPrpOffset);
     const entries: bigint[] = [prp1];
     const first = Math.min(length, page - Number(prp1 % P));

@@ -91,7 +91,10 @@ t.test('no-IOMMU buffers: per-page physical addresses, iova only when contiguous
   // The fake's 4 KiB pages are never physically consecutive (as after a real system's first minutes).
   const buf = dev.container.allocDma(4 * 4096);
   t.equal(buf.contiguous, false);
-  t.match(vfioErrorOf(() => buf.iova), { code: 'EINVAL', message: /not physically contiguous.*iovaAt\(offset\).*hugepages: true/ });
+  t.match(
+    vfioErrorOf(() => buf.iova),
+    { code: 'EINVAL', message: /not physically contiguous.*iovaAt\(offset\).*hugepages: true/ },
+  );
   for (let page = 0; page < 4; page++) {
     buf.bytes.fill(0x10 + page, page * 4096, (page + 1) * 4096);
     const at = buf.iovaAt(page * 4096 + 100);
