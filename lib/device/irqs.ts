@@ -130,6 +130,28 @@ function setIrqs(h: DeviceHandle, index: number, flags: number, start: number, c
   deviceIoctl(h, 'VFIO_DEVICE_SET_IRQS', buf, detail);
 }
 
+/**
+ * `n` new nonblocking eventfds handed to `wire` (which gives them to the
+ * kernel); all closed again if a step fails.
+ */
+function openEventfds(h: DeviceHandle, n: number, wire: (fds: readonly Fd[]) => void): Fd[] {
+  const fds: Fd[] = [];
+  try {
+    for (let i = 0; i < n; i++) fds.push(h.sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    wire(fds);
+  } catch (err) {
+    for (const fd of fds) {
+      try {
+        h.sys.close(fd);
+      } catch {
+        // Already failing with the error that matters.
+      }
+    }
+    throw err instanceof VfioError ? err.annotate({ device: h.address }) : err;
+  }
+  return fds;
+}
+
 /** One vector of an enabled IrqSet: its eventfd and the ways to wait for it. */
 export class IrqVector {
   /** The vector number within its index (MSI-X vector 3 is 3). */
@@ -235,6 +257,20 @@ export class IrqVector {
     }
   }
 
+  /**
+   * Takes the interrupts that have arrived and were not delivered yet,
+   * without waiting: the eventfd's count read now (non-blocking), 0 when
+   * there is none. For a driver that polls its device and wants to know, at
+   * no cost of a wait, whether the vector fired meanwhile (or to clear it).
+   * What it takes, no listener (on, events, wait) sees; what a listener's
+   * watch read first, it does not see: a count is delivered once.
+   * Errors: ECLOSED the set is disabled; the read's errno.
+   */
+  take(): number {
+    this.#assertLive();
+    return readEventfdCount(this.#h.sys, this.#fd, this.#counter);
+  }
+
   /** Loopback: asks the kernel to signal this vector's eventfd (SET_IRQS DATA_NONE|TRIGGER). */
   trigger(): void {
     this.#set.trigger(this.vector);
@@ -329,8 +365,6 @@ export class IrqSet implements Disposable {
   readonly index: number;
   /** First vector enabled. */
   readonly start: number;
-  /** Vectors enabled: start .. start+count-1. */
-  readonly count: number;
   readonly info: IrqInfo;
   readonly #h: DeviceHandle;
   /** Tells the kernel and forgets the set (Irqs); may throw. */
@@ -347,13 +381,70 @@ export class IrqSet implements Disposable {
     this.index = info.index;
     this.info = info;
     this.start = start;
-    this.count = fds.length;
     this.#fds = fds;
     this.#vectors = fds.map((fd, i) => new IrqVector(this, h, start + i, fd));
   }
 
+  /** Vectors enabled: start .. start+count-1 (grows with grow()). */
+  get count(): number {
+    return this.#vectors.length;
+  }
+
   get enabled(): boolean {
     return this.#enabled;
+  }
+
+  /**
+   * Enables more vectors while the set stays enabled, up to `count` in all
+   * (vectors start+this.count .. start+count-1, each with its own eventfd):
+   * MSI-X when the kernel reports it can (no NORESIZE flag: vfio-pci with
+   * dynamic MSI-X allocation, Linux 6.2+ on platforms that support it). The
+   * vectors already enabled keep their eventfds, listeners and waiters: no
+   * interrupt is lost, nothing is rejected. A no-op when `count` is not more
+   * than now.
+   * Errors: ENOTSUP the index cannot grow while enabled (NORESIZE: disable
+   * and enable it again, or enable every vector needed at first); EINVAL
+   * `count` beyond the index's vectors; ECLOSED; the eventfd and ioctl
+   * errors (the new eventfds are closed again; the set stays as it was).
+   */
+  grow(count: number): void {
+    this.#assertEnabled();
+    const label = LABEL[this.kind];
+    const device = this.#h.address;
+    if (!Number.isSafeInteger(count) || count < 1 || this.start + count > this.info.count) {
+      throw usageError(
+        'EINVAL',
+        `${label} has ${this.info.count} vector(s) (0..${this.info.count - 1}): cannot grow to ${count} from ${this.start}`,
+        {
+          device,
+        },
+      );
+    }
+    if (count <= this.count) return;
+    if (this.info.noresize) {
+      throw usageError(
+        'ENOTSUP',
+        `${label} cannot gain vectors while enabled here (the kernel reports NORESIZE: no dynamic MSI-X allocation): ` +
+          'enable every vector needed at first, or disable and enable again',
+        { device },
+      );
+    }
+    const from = this.start + this.count;
+    const fds = openEventfds(this.#h, count - this.count, (fds) =>
+      setIrqs(
+        this.#h,
+        this.index,
+        VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+        from,
+        fds.length,
+        fds,
+        `grow ${label} to ${from}..${this.start + count - 1}`,
+      ),
+    );
+    for (const fd of fds) {
+      this.#fds.push(fd);
+      this.#vectors.push(new IrqVector(this, this.#h, this.start + this.#vectors.length, fd));
+    }
   }
 
   /** Vector `n` (its number within the index, start <= n < start+count). */
@@ -525,7 +616,9 @@ export class Irqs implements Disposable {
    *
    * Errors: EINVAL bad kind or range (beyond the index's count; INTx, ERR
    * and REQ have exactly vector 0); ENOTSUP the device lacks the index or it
-   * has no vectors; EBUSY `kind` is already enabled, or another of
+   * has no vectors; EBUSY `kind` is already enabled (except: MSI-X enabled
+   * from the same `start` with fewer vectors grows to `count` when the kernel
+   * allows it, see IrqSet.grow, and that set is returned), or another of
    * INTx/MSI/MSI-X is; ECLOSED; the eventfd and ioctl errors (EMFILE, ENOSPC
    * when the platform cannot allocate the vectors, ...).
    */
@@ -542,16 +635,26 @@ export class Irqs implements Disposable {
       });
     }
     const existing = this.#sets.get(kind);
-    if (existing !== undefined) throw usageError('EBUSY', `${label} is already enabled: disable it first`, { device: h.address });
+    if (existing !== undefined) {
+      // The same first vector and more of them: the enabled set grows (when the kernel allows it).
+      if (existing.start === start && count > existing.count && !info.noresize) {
+        existing.grow(count);
+        return existing;
+      }
+      throw usageError(
+        'EBUSY',
+        `${label} is already enabled (${existing.start}..${existing.start + existing.count - 1}): ` +
+          (info.noresize ? 'disable it first' : 'disable it first, or grow it (set.grow(count))'),
+        { device: h.address },
+      );
+    }
     if (EXCLUSIVE.has(kind)) {
       for (const other of this.#sets.keys()) {
         if (EXCLUSIVE.has(other))
           throw usageError('EBUSY', `${LABEL[other]} is enabled: disable it before enabling ${label}`, { device: h.address });
       }
     }
-    const fds: Fd[] = [];
-    try {
-      for (let i = 0; i < count; i++) fds.push(h.sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    const fds = openEventfds(h, count, (fds) =>
       setIrqs(
         h,
         info.index,
@@ -560,17 +663,8 @@ export class Irqs implements Disposable {
         count,
         fds,
         `enable ${label} ${start}..${start + count - 1}`,
-      );
-    } catch (err) {
-      for (const fd of fds) {
-        try {
-          h.sys.close(fd);
-        } catch {
-          // Already failing with the error that matters.
-        }
-      }
-      throw err instanceof VfioError ? err.annotate({ device: h.address }) : err;
-    }
+      ),
+    );
     const set = new IrqSet(h, info, start, fds, (s) => this.#release(s));
     this.#sets.set(kind, set);
     return set;

@@ -9,8 +9,9 @@ import { VFIO_DEVICE_SET_IRQS } from '../../lib/uapi/vfio.js';
 
 const ADDR = '0000:00:03.0';
 
-function msixDevice(vectors: number) {
+function msixDevice(vectors: number, dynamicMsix = true) {
   return pciDevice({
+    dynamicMsix,
     address: '0000:00:04.0',
     vendor: 0x8086,
     device: 0x10fb,
@@ -61,7 +62,7 @@ t.test('enable: bad ranges and kinds are refused before any ioctl', async (t) =>
   t.equal(set.count, 3);
   t.equal(set.vector(3).vector, 3);
   t.throws(() => set.vector(0), { code: 'EINVAL', message: /enabled: 1\.\.3/ });
-  t.throws(() => io.irqs.enable('msix'), { code: 'EBUSY', message: /already enabled/ });
+  t.throws(() => io.irqs.enable('msix'), { code: 'EBUSY', message: /already enabled \(1\.\.3\): disable it first, or grow it/ });
   t.throws(() => io.irqs.enable('intx'), { code: 'EBUSY', message: /MSI-X is enabled/ });
   t.equal(r.kernel.leaks().fds, before.fds + 3, 'one eventfd per vector');
   set.disable();
@@ -345,4 +346,81 @@ t.test("a failing read in next() ends the iteration with that error and the vect
   msi.trigger();
   t.equal(await again, 1);
   msi.disable();
+});
+
+t.test('an enabled MSI-X set grows without losing an interrupt or a waiter (no NORESIZE)', async (t) => {
+  const r = rig({ devices: [msixDevice(8)] });
+  t.teardown(() => r.dispose());
+  const { io } = r.open('0000:00:04.0');
+  io.config.setBusMaster(true);
+  t.equal(io.irqs.info('msix').noresize, false, 'dynamic MSI-X: the kernel allows growth');
+  const set = io.irqs.enable('msix', 2);
+  const bar = io.mapBar(0);
+  const unmask = (n: number) => {
+    for (let i = 0; i < n; i++) bar.write32(0x2000 + 16 * i + 12, 0);
+    io.config.write16(io.config.msix()!.capOffset + 2, 0x8000 | 7);
+  };
+  unmask(2);
+  const waiter = set.vector(1).wait({ signal: AbortSignal.timeout(5000) });
+  t.ok(r.kernel.raiseIrq('0000:00:04.0', 'msix', 0), 'vector 0 fires before the growth');
+  const v0 = set.vector(0);
+  set.grow(4);
+  t.equal(set.count, 4);
+  t.same(
+    set.vectors.map((v) => v.vector),
+    [0, 1, 2, 3],
+  );
+  t.equal(set.vector(0), v0, 'the vectors already there are the same objects (same eventfds)');
+  t.equal(io.irqs.enable('msix', 6), set, 'enable() of more vectors from the same start grows the same set');
+  t.equal(set.count, 6);
+  unmask(6);
+  t.ok(r.kernel.raiseIrq('0000:00:04.0', 'msix', 1), 'vector 1 fires after the growth');
+  t.equal(await waiter, 1, 'the waiter from before the growth got it');
+  t.equal(v0.take(), 1, "vector 0's interrupt from before the growth was kept");
+  t.ok(r.kernel.raiseIrq('0000:00:04.0', 'msix', 5), 'a new vector fires');
+  t.equal(await set.vector(5).wait({ signal: AbortSignal.timeout(5000) }), 1);
+  t.throws(() => set.grow(9), { code: 'EINVAL', message: /MSI-X has 8 vector/ });
+  set.grow(3);
+  t.equal(set.count, 6, 'a smaller count is a no-op');
+  const before = r.kernel.leaks().fds;
+  r.kernel.failWhen({ syscall: 'ioctl', request: VFIO_DEVICE_SET_IRQS }, 'ENOSPC', { times: 1 });
+  t.throws(() => set.grow(8), { code: 'ENOSPC' });
+  t.equal(set.count, 6, 'a failed growth leaves the set as it was');
+  t.equal(r.kernel.leaks().fds, before, 'and closes the new eventfds');
+  set.disable();
+});
+
+t.test('NORESIZE: an enabled MSI-X set cannot grow, and says what to do', async (t) => {
+  const r = rig({ devices: [msixDevice(8, false)] });
+  t.teardown(() => r.dispose());
+  const { io } = r.open('0000:00:04.0');
+  t.equal(io.irqs.info('msix').noresize, true);
+  const set = io.irqs.enable('msix', 2);
+  t.throws(() => set.grow(4), { code: 'ENOTSUP', message: /NORESIZE.*enable every vector needed at first, or disable and enable again/ });
+  t.throws(() => io.irqs.enable('msix', 4), { code: 'EBUSY', message: /already enabled \(0\.\.1\): disable it first/ });
+  t.equal(set.count, 2);
+  set.disable();
+  t.throws(() => set.grow(4), { code: 'ECLOSED' });
+});
+
+t.test('take(): the pending count without waiting', async (t) => {
+  const r = rig();
+  t.teardown(() => r.dispose());
+  const { io } = r.open();
+  io.config.setBusMaster(true);
+  const v = io.irqs.enable('msi').vector(0);
+  t.equal(v.take(), 0, 'nothing pending: 0, at once');
+  r.kernel.raiseIrq(ADDR, 'msi', 0);
+  r.kernel.raiseIrq(ADDR, 'msi', 0);
+  t.equal(v.take(), 2, 'two interrupts taken');
+  t.equal(v.take(), 0, 'and cleared');
+  r.kernel.raiseIrq(ADDR, 'msi', 0);
+  const it = v.events();
+  t.equal(v.take(), 1, 'taken before an iterator asked');
+  const next = it.next();
+  r.kernel.raiseIrq(ADDR, 'msi', 0);
+  t.same(await next, { value: 1, done: false }, 'the iterator gets only the later one');
+  await it.return?.();
+  io.irqs.enabled('msi')!.disable();
+  t.throws(() => v.take(), { code: 'ECLOSED' });
 });
