@@ -38,6 +38,7 @@ import {
   type CaseResult,
   type ScaleResult,
 } from './report.js';
+import { nvmeResults, nvmeTable, parseNvme, publishNvme } from './nvme-report.js';
 
 /** The modes of a full, published run. */
 const DEFAULT_MODES = ['group', 'cdev'] as const;
@@ -205,10 +206,21 @@ async function main(): Promise<number> {
     [join(build, 'js/bench/native-overhead.js'), String(opts.quick ? 5000 : 20000), String(opts.quick ? 3 : 10)],
     { BENCH_WARMUP_MS: String(opts.quick ? 300 : 2000) },
   );
+  // NVMe: the TypeScript driver against the guest kernel's nvme driver under
+  // fio, in one cdev boot (bench/guest/nvme.sh rebinds the device between them).
+  const nvmeSeconds = opts.quick ? 2 : 10;
+  const nvmeRun = await runBench(
+    repo,
+    'bash',
+    [join(repo, 'test/vm/run.sh'), '--exec', `bash bench/guest/nvme.sh ${nvmeSeconds}`, '--modes', 'cdev'],
+    { VFIO_VM_TIMEOUT: String(timeout) },
+  );
+  const nvme = nvmeResults(parseNvme(nvmeRun.stdout));
+  const nvmeText = nvmeTable(nvme);
   const seconds = Math.round((Date.now() - started) / 1000);
   const run = {
     stdout: vm.stdout + native.stdout + overhead.stdout,
-    code: [vm.code, native.code, overhead.code].find((c) => c !== 0) ?? 0,
+    code: [vm.code, native.code, overhead.code, nvmeRun.code].find((c) => c !== 0) ?? 0,
   };
 
   const samples = parseSamples(run.stdout);
@@ -246,6 +258,7 @@ async function main(): Promise<number> {
     scaling: scale,
     table: text,
     missing: absent,
+    nvme: { secondsPerCase: nvmeSeconds, mode: 'cdev', results: nvme, table: nvmeText },
   };
   const file = opts.quick ? join(build, 'results-quick.json') : join(repo, 'bench/results.json');
   writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
@@ -261,12 +274,17 @@ async function main(): Promise<number> {
       const updated = publishBetweenMarkers(readFileSync(path, 'utf8'), `${stamp}\n\n${text}`);
       if (updated === null) process.stderr.write(`bench: ${doc} has no table markers; not updated\n`);
       else writeFileSync(path, updated);
+      const withNvme = publishNvme(
+        readFileSync(path, 'utf8'),
+        `Same run, cdev mode, ${nvmeSeconds} s per case: 4 KiB random reads.\n\n${nvmeText}`,
+      );
+      if (withNvme !== null) writeFileSync(path, withNvme);
     }
   }
 
   const targets = [...results.map((r) => r.met), ...scale.map((s) => s.met)].filter((m) => m !== null);
   const metCount = targets.filter((m) => m).length;
-  process.stdout.write(`\n${text}\n\n`);
+  process.stdout.write(`\n${text}\n\nNVMe, 4 KiB random reads (TS driver vs the kernel's nvme driver + fio):\n\n${nvmeText}\n\n`);
   const loads = during.map((d) => d.load1);
   const vms = during.map((d) => d.qemuProcesses);
   process.stdout.write(
@@ -278,8 +296,10 @@ async function main(): Promise<number> {
   );
   process.stdout.write(`bench: targets met ${metCount} of ${targets.length}; wrote ${file}\n`);
   if (run.code !== 0) process.stderr.write(`bench: the VM run exited with ${run.code}\n`);
-  if (absent.length > 0) {
-    process.stderr.write(`bench: no result for ${absent.join(', ')}\n`);
+  const nvmeAbsent = nvme.filter((r) => r.ts === null || r.kernel === null).map((r) => `nvme QD${r.qd} ${r.completions}`);
+  if (nvmeAbsent.length > 0) process.stderr.write(`bench: no result for ${nvmeAbsent.join(', ')}\n`);
+  if (absent.length > 0 || nvmeAbsent.length > 0) {
+    if (absent.length > 0) process.stderr.write(`bench: no result for ${absent.join(', ')}\n`);
     return 1;
   }
   return run.code === 0 ? 0 : 1;
