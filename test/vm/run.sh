@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
-# `npm run test:vm`: the real-kernel tier. Builds or reuses the guest kernel,
-# builds the initramfs, boots one QEMU VM per VFIO mode (group, cdev, noiommu)
-# with QEMU's edu device, runs test/vm/guest/*.test.ts inside each, and prints
-# every mode's TAP, a per-mode count and a final `test:vm: N passed, N failed`.
+# `npm run test:vm`: the real-kernel tier. Builds or reuses the guest kernels
+# (6.12 LTS with VFIO's legacy container, and the newest Debian kernel with
+# iommufd's compat container), builds the initramfs, boots one QEMU VM per
+# kernel and VFIO mode (group, cdev, noiommu) with QEMU's edu and nvme
+# devices, runs test/vm/guest/*.test.ts inside each, and prints every boot's
+# TAP, a per-boot count naming kernel and mode, and a final
+# `test:vm: N passed, N failed`.
 #
 # Guarantees:
-# - Exit 0 only if every mode booted, showed its /dev nodes, ran at least one
-#   test and none failed. A mode that did not run counts as one failure in
+# - Exit 0 only if every boot came up, showed its /dev nodes, ran at least one
+#   test and none failed. A boot that did not run counts as one failure in
 #   the final line, so the line never reads "0 failed" on a failed run.
 # - Outside CI (CI unset or empty) a missing prerequisite that cannot be
 #   installed skips the tier with a loud message and exit 0; with CI set
 #   (CI=true) it fails.
 # - Every QEMU is killed after VFIO_VM_TIMEOUT seconds and reported.
 #
-# `run.sh --exec 'COMMAND' [--modes 'MODE ...']` boots the same machine(s)
-# but runs COMMAND (with bash, in the checkout) instead of the suite: its
-# stdout and stderr stream to the host's stdout and stderr, and run.sh exits
-# with its exit code (the first non-zero one over the modes; 125 if a VM did
-# not get to run it). VFIO_VM_EXEC='COMMAND' does the same. See README.md.
+# `run.sh --exec 'COMMAND' [--modes 'MODE ...'] [--kernels 'KERNEL ...']`
+# boots the same machine(s) but runs COMMAND (with bash, in the checkout)
+# instead of the suite: its stdout and stderr stream to the host's stdout and
+# stderr, and run.sh exits with its exit code (the first non-zero one over the
+# boots; 125 if a VM did not get to run it). VFIO_VM_EXEC='COMMAND' does the
+# same. See README.md.
 #
-# Knobs (environment): VFIO_VM_MODES (default "group cdev noiommu"),
-# VFIO_VM_TIMEOUT (per boot, default 300 s), VFIO_VM_KEEP=1 (keep the run
-# directory with each boot's console.log), VFIO_VM_VERBOSE=1 (stream the
-# guest consoles live), VFIO_VM_CACHE (kernel cache root), VFIO_VM_JOBS
-# (kernel build parallelism, default 3), VFIO_VM_PARALLEL (boots at once,
-# default all). See test/vm/README.md.
+# Knobs (environment): VFIO_VM_KERNELS (default "6.12 newest" for the suite,
+# "6.12" for --exec; --kernels),
+# VFIO_VM_MODES (default "group cdev noiommu"; --modes), VFIO_VM_TIMEOUT (per
+# boot, default 300 s), VFIO_VM_KEEP=1 (keep the run directory with each
+# boot's console.log), VFIO_VM_VERBOSE=1 (stream the guest consoles live),
+# VFIO_VM_CACHE (kernel cache root), VFIO_VM_JOBS (kernel build parallelism,
+# default 3), VFIO_VM_PARALLEL (suite boots at once, default 2).
+# See test/vm/README.md.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,14 +40,17 @@ boot_timeout=${VFIO_VM_TIMEOUT:-300}
 say() { printf 'test:vm: %s\n' "$*" >&2; }
 
 exec_command=${VFIO_VM_EXEC:-} modes_arg=${VFIO_VM_MODES:-group cdev noiommu}
+kernels_arg=${VFIO_VM_KERNELS:-}
 while (($#)); do
   case $1 in
     --exec) (($# >= 2)) || { say "ERROR: --exec needs a command"; exit 2; }; exec_command=$2; shift 2 ;;
     --exec=*) exec_command=${1#--exec=}; shift ;;
     --modes) (($# >= 2)) || { say "ERROR: --modes needs a list"; exit 2; }; modes_arg=$2; shift 2 ;;
     --modes=*) modes_arg=${1#--modes=}; shift ;;
+    --kernels) (($# >= 2)) || { say "ERROR: --kernels needs a list"; exit 2; }; kernels_arg=$2; shift 2 ;;
+    --kernels=*) kernels_arg=${1#--kernels=}; shift ;;
     -h | --help) sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) say "ERROR: unknown argument '$1' (usage: run.sh [--exec 'COMMAND'] [--modes 'group cdev noiommu'])"; exit 2 ;;
+    *) say "ERROR: unknown argument '$1' (usage: run.sh [--exec 'COMMAND'] [--modes 'group cdev noiommu'] [--kernels '6.12 newest'])"; exit 2 ;;
   esac
 done
 read -ra modes <<<"${modes_arg//,/ }"
@@ -49,6 +58,16 @@ for mode in "${modes[@]}"; do
   case $mode in group | cdev | noiommu) ;; *) say "ERROR: unknown mode '$mode' (expected group, cdev, noiommu)"; exit 2 ;; esac
 done
 ((${#modes[@]})) || { say "ERROR: no mode to boot"; exit 2; }
+# The suite boots every kernel; an exec run (a demo, the bench) one, 6.12,
+# unless told otherwise: its callers measure or show one machine.
+if [[ -z $kernels_arg ]]; then
+  if [[ -n $exec_command ]]; then kernels_arg=6.12; else kernels_arg='6.12 newest'; fi
+fi
+read -ra kernels <<<"${kernels_arg//,/ }"
+for kernel in "${kernels[@]}"; do
+  case $kernel in 6.12 | newest) ;; *) say "ERROR: unknown kernel '$kernel' (expected 6.12, newest)"; exit 2 ;; esac
+done
+((${#kernels[@]})) || { say "ERROR: no kernel to boot"; exit 2; }
 # An exec run whose VM failed before the command ran exits with this, so
 # that a caller can tell it from the command's own failure.
 exec_vm_failed=125
@@ -67,8 +86,9 @@ unavailable() {
 }
 
 # --- prerequisites: Debian packages, installed when missing ------------------
+# fio: the guest runs the host's fio (the NVMe bench's kernel-driver peer).
 packages=(qemu-system-x86 busybox-static linux-source-6.12
-  bc bison flex libelf-dev libssl-dev cpio xz-utils gzip gcc make libc6-dev)
+  bc bison flex libelf-dev libssl-dev cpio xz-utils gzip gcc make libc6-dev fio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -84,8 +104,18 @@ command -v node >/dev/null || unavailable "no node on PATH"
 [[ -d $repo/node_modules/koffi && ( -n $exec_command || -d $repo/node_modules/tap ) ]] \
   || unavailable "no node_modules in $repo (run npm ci)"
 
-# --- kernel and initramfs ----------------------------------------------------
-bzimage=$(bash "$here/kernel.sh") || { say "ERROR: the guest kernel could not be built"; exit 1; }
+# --- kernels and initramfs ---------------------------------------------------
+# Per kernel: its bzImage, its `uname -r`, and what serves /dev/vfio/vfio
+# (read from the kernel's own .config, kept beside the bzImage).
+declare -A bzimage release container
+for kernel in "${kernels[@]}"; do
+  bzimage[$kernel]=$(bash "$here/kernel.sh" "$kernel") || { say "ERROR: the guest kernel $kernel could not be built"; exit 1; }
+  kdir=$(dirname "${bzimage[$kernel]}")
+  release[$kernel]=$(cat "$kdir/release")
+  if grep -qx CONFIG_IOMMUFD_VFIO_CONTAINER=y "$kdir/config"; then container[$kernel]=iommufd-compat
+  elif grep -qx CONFIG_VFIO_CONTAINER=y "$kdir/config"; then container[$kernel]=legacy
+  else say "ERROR: kernel $kernel has no /dev/vfio/vfio container ($kdir/config)"; exit 1; fi
+done
 
 run=$(mktemp -d "${TMPDIR:-/tmp}/vfio-vm.XXXXXX")
 keep=${VFIO_VM_KEEP:-}
@@ -114,11 +144,39 @@ for path in "$repo" "$node_dir" "$js"; do
   [[ $path != *"'"* ]] || { say "ERROR: a quote in $path"; exit 1; }
 done
 
-# --- one boot per mode ------------------------------------------------------
-# Writes $dir/status: empty when the guest ran its job (the suite, or the
-# exec command), else why it did not.
+# --- the machine -------------------------------------------------------------
+# Every boot has the same PCI topology (README.md has the table):
+# - the main edu on the root bus;
+# - behind a conventional PCI bridge a second edu and a virtio-rng. Devices
+#   behind such a bridge share one IOMMU group (the bridge takes their DMA
+#   requester ID), and the rng is bound to the host driver virtio-pci: with
+#   an IOMMU, that group is not viable for VFIO (see the guest's error tests);
+# - an nvme controller (serial $nvme_serial, namespace 1 on a sparse image
+#   made per boot) behind a PCIe root port;
+# - an SR-IOV capable nvme (the PF; an nvme-subsys is what QEMU requires for
+#   SR-IOV) behind a second PCIe root port. Its VFs share the PF's
+#   queue/vector budget: max_ioqpairs - sriov_vq_flexible and msix_qsize -
+#   sriov_vi_flexible stay with the PF, the flexible rest is handed to VFs
+#   (QEMU wants at least 2 queues and 1 vector per VF in the flexible pool).
+# The root-bus devices come first and in this order so that their addresses
+# (0000:00:01.0 edu, 00:02.0 bridge, bus 01 behind it) stay what they were
+# before the nvme devices arrived; the root ports take 00:03.0 and 00:04.0.
+nvme_serial=vfio-nvme-0 nvme_pf_serial=vfio-nvme-pf
+nvme_image_size=256M
+# O_DIRECT (cache=none) where the run directory's filesystem has it, so that
+# the nvme bench measures the device model, not the host's page cache.
+nvme_cache=none
+if ! dd if=/dev/zero of="$run/direct-probe" bs=4096 count=1 oflag=direct status=none 2>/dev/null; then
+  nvme_cache=writeback
+  say "note: $run has no O_DIRECT: the nvme image uses cache=writeback"
+fi
+rm -f "$run/direct-probe"
+
+# --- one boot per kernel and mode ---------------------------------------------
+# Writes $run/<kernel>-<mode>/status: empty when the guest ran its job (the
+# suite, or the exec command), else why it did not.
 boot() {
-  local mode=$1 dir=$run/$1 job=suite
+  local kernel=$1 mode=$2 dir=$run/$1-$2 job=suite
   mkdir -p "$dir/out"
   if [[ -n $exec_command ]]; then
     job=exec
@@ -127,17 +185,16 @@ boot() {
     : >"$dir/out/exec.stdout"
     : >"$dir/out/exec.stderr"
   fi
-  printf "VFIO_VM_%s='%s'\n" MODE "$mode" JOB "$job" REPO "$repo" NODE_DIR "$node_dir" JS "$js" >"$dir/out/job.env"
+  printf "VFIO_VM_%s='%s'\n" MODE "$mode" JOB "$job" REPO "$repo" NODE_DIR "$node_dir" JS "$js" \
+    CONTAINER "${container[$kernel]}" NVME_SERIAL "$nvme_serial" NVME_PF_SERIAL "$nvme_pf_serial" >"$dir/out/job.env"
+  truncate -s "$nvme_image_size" "$dir/nvme.img"
 
-  # Every mode has the same PCI topology: the main edu on the root bus, and
-  # behind a conventional PCI bridge a second edu and a virtio-rng. Devices
-  # behind such a bridge share one IOMMU group (the bridge takes their DMA
-  # requester ID), and the rng is bound to the host driver virtio-pci: with
-  # an IOMMU, that group is not viable for VFIO (see the guest's error tests).
   # no_timer_check: on a loaded host, TCG can run the guest so slowly that
   # the kernel's early check of the IO-APIC timer fails and it panics ("timer
   # doesn't work through Interrupt-remapped IO-APIC"); the timer does work.
-  local append='console=ttyS0 panic=-1 no_timer_check' devices=() edu_options=
+  # vfio_pci.enable_sriov=1: vfio-pci (built in) lets sriov_numvfs of a PF it
+  # drives create VFs only with this parameter.
+  local append='console=ttyS0 panic=-1 no_timer_check vfio_pci.enable_sriov=1' devices=() edu_options=
   case $mode in
     group | cdev)
       # intel-iommu first: it must exist before the devices it translates for.
@@ -152,20 +209,27 @@ boot() {
   devices+=(-device "edu$edu_options"
     -device pci-bridge,id=br0,chassis_nr=1
     -device "edu,bus=br0,addr=1$edu_options"
-    -device virtio-rng-pci,bus=br0,addr=2)
+    -device virtio-rng-pci,bus=br0,addr=2
+    -device pcie-root-port,id=rp-nvme,chassis=2,slot=0
+    -drive "if=none,id=nvme-img,file=$dir/nvme.img,format=raw,cache=$nvme_cache,aio=threads"
+    -device "nvme,bus=rp-nvme,serial=$nvme_serial,drive=nvme-img,max_ioqpairs=4,msix_qsize=5"
+    -device pcie-root-port,id=rp-nvme-pf,chassis=3,slot=0
+    -device nvme-subsys,id=nvme-subsys-pf,nqn=vfio-nvme-subsys-pf
+    -device "nvme,bus=rp-nvme-pf,serial=$nvme_pf_serial,subsys=nvme-subsys-pf,max_ioqpairs=6,msix_qsize=4,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2,sriov_max_vq_per_vf=2,sriov_max_vi_per_vf=1")
 
+  local label="${release[$kernel]} $mode"
   if [[ -n ${VFIO_VM_VERBOSE:-} ]]; then
     # Follows the console until this script exits (tail --pid), idle after
     # this boot's QEMU is gone.
     : >"$dir/console.log"
-    tail -n +1 -f --pid=$$ "$dir/console.log" | sed -u "s/^/[$mode] /" >&2 &
+    tail -n +1 -f --pid=$$ "$dir/console.log" | sed -u "s/^/[$label] /" >&2 &
   fi
   local started=$SECONDS rc qemu streams=()
   timeout -k 5 "$boot_timeout" qemu-system-x86_64 \
     -machine q35,kernel-irqchip=split -accel tcg,thread=multi -cpu max -m 2G -smp 2 \
     -nodefaults -display none -no-reboot \
     "${devices[@]}" \
-    -kernel "$bzimage" -initrd "$run/initramfs.cpio.gz" -append "$append" \
+    -kernel "${bzimage[$kernel]}" -initrd "$run/initramfs.cpio.gz" -append "$append" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$js,mount_tag=vmjs,security_model=none,readonly=on" \
     -virtfs "local,path=$dir/out,mount_tag=vmout,security_model=none" \
@@ -185,6 +249,7 @@ boot() {
   rc=$?
   ((${#streams[@]} == 0)) || wait "${streams[@]}"
   echo $((SECONDS - started)) >"$dir/seconds"
+  rm -f "$dir/nvme.img"
 
   local status=
   if ((rc == 124 || rc == 137)); then
@@ -207,47 +272,60 @@ boot() {
     done
     [[ -z $status ]] || status="expected /dev nodes absent: ${status%; } (found: $(tr '\n' ' ' <"$dir/out/devnodes.txt"))"
     [[ -n $status || -f $dir/out/$job.rc ]] || status="the guest $job did not finish"
+    if [[ -z $status && $(cat "$dir/out/kernel" 2>/dev/null) != "${release[$kernel]}" ]]; then
+      status="booted kernel $(cat "$dir/out/kernel" 2>/dev/null), expected ${release[$kernel]}"
+    fi
   fi
   printf '%s' "$status" >"$dir/status"
 }
 
+# The boots: every kernel × every mode, kernel by kernel.
+boots=()
+for kernel in "${kernels[@]}"; do
+  for mode in "${modes[@]}"; do boots+=("$kernel $mode"); done
+done
+
 if [[ -n $exec_command ]]; then
   # --- exec: the command's exit code, no report -------------------------------
   exit_code=0
-  for mode in "${modes[@]}"; do
-    say "exec in $mode: booting"
-    boot "$mode"
-    status=$(cat "$run/$mode/status")
+  for b in "${boots[@]}"; do
+    read -r kernel mode <<<"$b"
+    dir=$run/$kernel-$mode label="${release[$kernel]} $mode"
+    say "exec in $label (${container[$kernel]} container): booting"
+    boot "$kernel" "$mode"
+    status=$(cat "$dir/status")
     if [[ -n $status ]]; then
-      say "exec in $mode: the VM did not run the command to the end: $status"
-      say "last lines of $mode's console:"
-      tail -15 "$run/$mode/console.log" | tr -d '\r' | sed 's/^/test:vm:   /' >&2
+      say "exec in $label: the VM did not run the command to the end: $status"
+      say "last lines of $label's console:"
+      tail -15 "$dir/console.log" | tr -d '\r' | sed 's/^/test:vm:   /' >&2
       keep=1 rc=$exec_vm_failed
     else
-      rc=$(cat "$run/$mode/out/exec.rc")
-      say "exec in $mode: exit $rc ($(cat "$run/$mode/seconds") s)"
+      rc=$(cat "$dir/out/exec.rc")
+      say "exec in $label: exit $rc ($(cat "$dir/seconds") s)"
     fi
     ((exit_code != 0)) || exit_code=$rc
   done
   exit "$exit_code"
 fi
 
-# The suite's boots run side by side (VFIO_VM_PARALLEL at a time, default
-# all): each guest mostly keeps one host core busy (one node process at a
-# time), so on 2 cores three boots take about half the time of three in a
-# row. Each boot writes only into its own directory; the report below reads
-# them once all are done. (An exec run stays sequential: its output is one
-# stream.)
-parallel=${VFIO_VM_PARALLEL:-${#modes[@]}}
+# The suite's boots run side by side, VFIO_VM_PARALLEL at a time (default
+# 2): each guest mostly keeps one host core busy (one node process at a
+# time, plus QEMU's own threads), so on this 2-core machine kind two at once
+# about halves the wall time, and more only stretch every boot (and its
+# per-boot timeout) without finishing sooner. Each boot writes only into its
+# own directory; the report below reads them once all are done. (An exec run
+# stays sequential: its output is one stream.)
+parallel=${VFIO_VM_PARALLEL:-2}
 [[ $parallel =~ ^[1-9][0-9]*$ ]] || { say "ERROR: VFIO_VM_PARALLEL=$parallel is not a positive number"; exit 2; }
 started_all=$SECONDS running=0
-for mode in "${modes[@]}"; do
+for b in "${boots[@]}"; do
+  read -r kernel mode <<<"$b"
   if ((running >= parallel)); then
     wait -n
     running=$((running - 1))
   fi
-  say "booting $mode"
-  boot "$mode" &
+  say "boot ${release[$kernel]} $mode (kernel $kernel, ${container[$kernel]} container)"
+  boot "$kernel" "$mode" &
   running=$((running + 1))
 done
 wait
@@ -261,15 +339,17 @@ count() { sed -nE "s/^# \{.*[{,] $1: ([0-9]+).*/\1/p" "$2" | tail -1; }
 shopt -s nullglob
 guest_files=("$repo"/test/vm/guest/*.test.ts)
 total_pass=0 total_fail=0 lines=()
-for mode in "${modes[@]}"; do
-  dir=$run/$mode status=$(cat "$dir/status") pass=0 fail=0 skip=0 problems=()
-  echo "# test:vm mode $mode"
+for b in "${boots[@]}"; do
+  read -r kernel mode <<<"$b"
+  label="${release[$kernel]} $mode"
+  dir=$run/$kernel-$mode status=$(cat "$dir/status") pass=0 fail=0 skip=0 problems=()
+  echo "# test:vm boot $label (${container[$kernel]} container)"
   for file in "${guest_files[@]}"; do
     name=$(basename "$file" .test.ts)
     tap=$dir/out/$name.tap p=0 f=0 s=0
     rc=$(cat "$dir/out/$name.rc" 2>/dev/null || echo none)
     if [[ -f $tap ]]; then
-      echo "# Subtest: $mode/$name.test.ts"
+      echo "# Subtest: ${release[$kernel]}/$mode/$name.test.ts"
       sed 's/^/    /' "$tap"
       if [[ -s $dir/out/$name.stderr ]]; then
         echo "    # stderr of $name.test.ts:"
@@ -295,18 +375,18 @@ for mode in "${modes[@]}"; do
   fi
   ((fail == 0)) || keep=1   # a failed run keeps its consoles and outputs
   if ((${#problems[@]})); then
-    for problem in "${problems[@]}"; do echo "# test:vm $mode: $problem"; done
+    for problem in "${problems[@]}"; do echo "# test:vm $label: $problem"; done
     if [[ -f $dir/console.log ]]; then
-      echo "# last lines of $mode's console ($dir/console.log):"
+      echo "# last lines of $label's console ($dir/console.log):"
       tail -25 "$dir/console.log" | tr -d '\r' | sed 's/^/#   /'
     fi
   fi
   total_pass=$((total_pass + pass)) total_fail=$((total_fail + fail))
-  lines+=("test:vm: $mode: $pass passed, $fail failed, $skip skipped (${#guest_files[@]} files, $(cat "$dir/seconds") s)")
+  lines+=("test:vm: $label (${container[$kernel]}): $pass passed, $fail failed, $skip skipped (${#guest_files[@]} files, $(cat "$dir/seconds") s)")
 done
 
 echo
 printf '%s\n' "${lines[@]}"
-echo "test:vm: all modes took $wall s (up to $parallel at a time; host load average now $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "test:vm: ${#boots[@]} boots took $wall s (up to $parallel at a time; host load average now $(cut -d' ' -f1-3 /proc/loadavg))"
 echo "test:vm: $total_pass passed, $total_fail failed"
 ((total_fail == 0))
