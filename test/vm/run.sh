@@ -26,7 +26,8 @@
 # Knobs (environment): VFIO_VM_KERNELS (default "6.12 newest" for the suite,
 # "6.12" for --exec; --kernels),
 # VFIO_VM_MODES (default "group cdev noiommu"; --modes), VFIO_VM_TIMEOUT (per
-# boot, default 300 s), VFIO_VM_KEEP=1 (keep the run directory with each
+# boot, default 300 s), VFIO_VM_FILE_TIMEOUT (per guest test file, default
+# 120 s), VFIO_VM_KEEP=1 (keep the run directory with each
 # boot's console.log), VFIO_VM_VERBOSE=1 (stream the guest consoles live),
 # VFIO_VM_CACHE (kernel cache root), VFIO_VM_JOBS (kernel build parallelism,
 # default 3), VFIO_VM_PARALLEL (suite boots at once, default 2).
@@ -36,6 +37,10 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 boot_timeout=${VFIO_VM_TIMEOUT:-300}
+# The guest suite's limit per test file (guest-suite.sh), passed on to the guest.
+file_timeout=${VFIO_VM_FILE_TIMEOUT:-120}
+[[ $file_timeout =~ ^[1-9][0-9]*$ && $boot_timeout =~ ^[1-9][0-9]*$ ]] \
+  || { printf 'test:vm: ERROR: VFIO_VM_TIMEOUT and VFIO_VM_FILE_TIMEOUT must be positive numbers of seconds\n' >&2; exit 2; }
 
 say() { printf 'test:vm: %s\n' "$*" >&2; }
 
@@ -120,7 +125,7 @@ done
 run=$(mktemp -d "${TMPDIR:-/tmp}/vfio-vm.XXXXXX")
 keep=${VFIO_VM_KEEP:-}
 cleanup() {
-  if [[ -n $keep ]]; then say "kept run directory $run (console logs: $run/<mode>/console.log)"; else rm -rf "$run"; fi
+  if [[ -n $keep ]]; then say "kept run directory $run (console logs: $run/<kernel>-<mode>/console.log)"; else rm -rf "$run"; fi
 }
 trap cleanup EXIT
 bash "$here/initramfs.sh" "$run/initramfs.cpio.gz" || { say "ERROR: the initramfs could not be built"; exit 1; }
@@ -186,7 +191,8 @@ boot() {
     : >"$dir/out/exec.stderr"
   fi
   printf "VFIO_VM_%s='%s'\n" MODE "$mode" JOB "$job" REPO "$repo" NODE_DIR "$node_dir" JS "$js" \
-    CONTAINER "${container[$kernel]}" NVME_SERIAL "$nvme_serial" NVME_PF_SERIAL "$nvme_pf_serial" >"$dir/out/job.env"
+    CONTAINER "${container[$kernel]}" NVME_SERIAL "$nvme_serial" NVME_PF_SERIAL "$nvme_pf_serial" \
+    FILE_TIMEOUT "$file_timeout" >"$dir/out/job.env"
   truncate -s "$nvme_image_size" "$dir/nvme.img"
 
   # no_timer_check: on a loaded host, TCG can run the guest so slowly that
