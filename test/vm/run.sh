@@ -156,7 +156,7 @@ done
 #   behind such a bridge share one IOMMU group (the bridge takes their DMA
 #   requester ID), and the rng is bound to the host driver virtio-pci: with
 #   an IOMMU, that group is not viable for VFIO (see the guest's error tests);
-# - an nvme controller (serial $nvme_serial, namespace 1 on a sparse image
+# - an nvme controller (serial $nvme_serial, namespace 1 on a sparse 1 GiB image
 #   made per boot) behind a PCIe root port;
 # - an SR-IOV capable nvme (the PF; an nvme-subsys is what QEMU requires for
 #   SR-IOV) behind a second PCIe root port. Its VFs share the PF's
@@ -167,7 +167,8 @@ done
 # (0000:00:01.0 edu, 00:02.0 bridge, bus 01 behind it) stay what they were
 # before the nvme devices arrived; the root ports take 00:03.0 and 00:04.0.
 nvme_serial=vfio-nvme-0 nvme_pf_serial=vfio-nvme-pf
-nvme_image_size=256M
+# 1 GiB: the bench's fio reads over --size=1G; sparse, so it costs no disk.
+nvme_image_size=1G
 # O_DIRECT (cache=none) where the run directory's filesystem has it, so that
 # the nvme bench measures the device model, not the host's page cache.
 nvme_cache=none
