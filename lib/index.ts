@@ -56,6 +56,8 @@ const SYS_METHODS = [
   'pollAsync',
   'watchEventfd',
   'dup',
+  'addSeals',
+  'getSeals',
   'socket',
   'bind',
   'listen',
@@ -63,6 +65,7 @@ const SYS_METHODS = [
   'connect',
   'sendmsg',
   'recvmsg',
+  'peerCredentials',
   'pageSize',
   'getuid',
 ] as const satisfies readonly (keyof Sys)[];

@@ -46,6 +46,7 @@ const c = {
   memfdCreate: libc.func('int memfd_create(const char *name, unsigned int flags)'),
   poll: libc.func('int poll(void *fds, unsigned long nfds, int timeout)'),
   fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
+  getsockopt: libc.func('int getsockopt(int fd, int level, int name, void *value, void *length)'),
   socket: libc.func('int socket(int domain, int type, int protocol)'),
   bind: libc.func('int bind(int fd, const void *addr, uint32_t addrlen)'),
   listen: libc.func('int listen(int fd, int backlog)'),
@@ -84,6 +85,11 @@ function decodeRevents(buf: Buffer, n: number): number[] {
 }
 
 const F_DUPFD_CLOEXEC = 1030;
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
+const SO_PEERCRED = 17;
+/** struct ucred: pid, uid, gid (three 32-bit fields). */
+const UCRED_SIZE = 12;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
 
@@ -307,6 +313,14 @@ export const koffiSys: Sys = {
     return retrying('fcntl', undefined, () => c.fcntl(fd, F_DUPFD_CLOEXEC, 0));
   },
 
+  addSeals(fd, seals) {
+    retrying('fcntl', undefined, () => c.fcntl(fd, F_ADD_SEALS, seals));
+  },
+
+  getSeals(fd) {
+    return retrying('fcntl', undefined, () => c.fcntl(fd, F_GET_SEALS, 0));
+  },
+
   socket(domain, type, protocol) {
     return retrying('socket', undefined, () => c.socket(domain, type, protocol));
   },
@@ -370,6 +384,14 @@ export const koffiSys: Sys = {
       buf.set(bytes.subarray(at.data, at.data + n));
       return { bytes: n, fds: received, flags: bytes.readInt32LE(MSGHDR.flags) };
     });
+  },
+
+  peerCredentials(fd) {
+    const value = Buffer.alloc(UCRED_SIZE);
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(UCRED_SIZE, 0);
+    if ((c.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, value, length) as number) < 0) throw sysError('getsockopt', koffi.errno());
+    return { pid: value.readInt32LE(0), uid: value.readUInt32LE(4), gid: value.readUInt32LE(8) };
   },
 
   pageSize() {

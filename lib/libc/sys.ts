@@ -36,7 +36,15 @@ export const EFD_NONBLOCK = 0o4000;
 export const EFD_SEMAPHORE = 1;
 
 export const MFD_CLOEXEC = 1;
+export const MFD_ALLOW_SEALING = 2;
 export const MFD_HUGETLB = 4;
+
+// File seals (fcntl F_ADD_SEALS / F_GET_SEALS, memfds only): once set, no fd
+// for the file, in any process, can do what the seal forbids.
+export const F_SEAL_SEAL = 0x1;
+export const F_SEAL_SHRINK = 0x2;
+export const F_SEAL_GROW = 0x4;
+export const F_SEAL_WRITE = 0x8;
 
 export const POLLIN = 0x001;
 export const POLLPRI = 0x002;
@@ -63,6 +71,13 @@ export const UNIX_PATH_MAX = 107;
 
 /** A file descriptor. 0 is a valid fd: "no fd" is always -1 or null, never 0. */
 export type Fd = number;
+
+/** A socket peer's credentials (struct ucred). */
+export interface PeerCredentials {
+  readonly pid: number;
+  readonly uid: number;
+  readonly gid: number;
+}
 
 export interface PollFd {
   fd: Fd;
@@ -161,6 +176,13 @@ export interface Sys {
 
   /** fcntl(fd, F_DUPFD_CLOEXEC, 0): a new fd (lowest free) for the same open file. */
   dup(fd: Fd): Fd;
+  /**
+   * fcntl(fd, F_ADD_SEALS, seals): adds F_SEAL_* seals to a memfd made with
+   * MFD_ALLOW_SEALING (EPERM once F_SEAL_SEAL is set; EINVAL not sealable).
+   */
+  addSeals(fd: Fd, seals: number): void;
+  /** fcntl(fd, F_GET_SEALS): the file's F_SEAL_* seals (EINVAL not sealable). */
+  getSeals(fd: Fd): number;
 
   /** socket(2). */
   socket(domain: number, type: number, protocol: number): Fd;
@@ -180,6 +202,12 @@ export interface Sys {
   sendmsg(fd: Fd, data: Uint8Array, fds: readonly Fd[], flags: number): number;
   /** recvmsg(2) into `buf`, with room for `maxFds` SCM_RIGHTS descriptors. */
   recvmsg(fd: Fd, buf: Uint8Array, maxFds: number, flags: number): RecvResult;
+  /**
+   * getsockopt(fd, SOL_SOCKET, SO_PEERCRED) of a connected AF_UNIX socket:
+   * who the peer was when it connected, as the kernel recorded it (not what
+   * the peer says of itself).
+   */
+  peerCredentials(fd: Fd): PeerCredentials;
 
   /** sysconf(_SC_PAGESIZE). */
   pageSize(): number;

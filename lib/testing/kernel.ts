@@ -277,7 +277,15 @@ export class FakeKernel implements KernelCore, VfioHost {
     this.kernelLog.push(line);
   }
 
-  /** Changes getuid() (and with it root's capabilities) from now on. */
+  /**
+   * Who the fake's process is, as SO_PEERCRED reports it to a socket's peer:
+   * this process's pid, the current uid (the fake has one group per user).
+   */
+  credentials(): { pid: number; uid: number; gid: number } {
+    return { pid: process.pid, uid: this.uidValue, gid: this.uidValue };
+  }
+
+  /** Changes getuid() (and with it root's capabilities, and the credentials sockets record) from now on. */
   setUid(uid: number): void {
     this.uidValue = uid;
   }

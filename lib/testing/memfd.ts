@@ -1,10 +1,20 @@
 // memfd_create(2): an anonymous file whose pages mmap shares. Sized with
 // ftruncate; MFD_HUGETLB files are sized and mapped in 2 MiB huge pages.
+//
+// Seals (mm/memfd.c): a memfd made without MFD_ALLOW_SEALING starts with
+// F_SEAL_SEAL (nothing can be added); F_ADD_SEALS is EPERM once F_SEAL_SEAL
+// is set; F_SEAL_SHRINK / F_SEAL_GROW make ftruncate, and writes past the
+// end, EPERM for every fd of the file. A mapping past the end of a file that
+// shrank faults (SIGBUS on the real kernel; the fake's view() says so with
+// EFAULT). Not modelled: F_SEAL_WRITE / F_SEAL_FUTURE_WRITE (EINVAL here).
 import { fail } from './errors.js';
 import { FakeFile, type MmapRequest, type MmapTarget } from './files.js';
 import type { KernelCore } from './core.js';
 import { Backing, PAGE_SIZE } from './memory.js';
-import { O_RDWR } from '../libc/sys.js';
+import { F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, O_RDWR } from '../libc/sys.js';
+
+/** The seals the fake models. */
+const MODELLED_SEALS = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW;
 
 /** How large a memfd may grow in the fake (its ArrayBuffer reserves this much address space). */
 export const MEMFD_MAX_BYTES = 1 << 30;
@@ -14,13 +24,17 @@ export class MemfdFile extends FakeFile {
   override readonly positional = true;
   readonly backing: Backing;
   private pos = 0;
+  /** F_SEAL_* in force. */
+  private sealBits: number;
 
   constructor(
     private readonly k: KernelCore,
     readonly name: string,
     readonly hugeSize: number,
+    allowSealing = false,
   ) {
     super(null, O_RDWR);
+    this.sealBits = allowSealing ? 0 : F_SEAL_SEAL;
     this.backing = new Backing('memfd', 0, k.phys, hugeSize, null, MEMFD_MAX_BYTES);
     this.backing.hold();
   }
@@ -33,9 +47,23 @@ export class MemfdFile extends FakeFile {
     return this.backing.byteLength;
   }
 
+  get seals(): number {
+    return this.sealBits;
+  }
+
+  addSeals(seals: number): void {
+    if (!this.writable) fail('EPERM', 'F_ADD_SEALS needs a writable fd');
+    if ((seals & ~MODELLED_SEALS) !== 0) fail('EINVAL', `seals 0x${seals.toString(16)}: the fake models SEAL, SHRINK and GROW only`);
+    if ((this.sealBits & F_SEAL_SEAL) !== 0) fail('EPERM', 'the memfd is sealed against new seals (F_SEAL_SEAL)');
+    this.sealBits |= seals;
+  }
+
   override ftruncate(length: bigint): void {
     if (!this.writable) fail('EINVAL', 'ftruncate of a file not open for writing');
     if (length < 0n) fail('EINVAL', 'negative length');
+    const size = BigInt(this.size);
+    if (length < size && (this.sealBits & F_SEAL_SHRINK) !== 0) fail('EPERM', 'the memfd is sealed against shrinking');
+    if (length > size && (this.sealBits & F_SEAL_GROW) !== 0) fail('EPERM', 'the memfd is sealed against growing');
     if (this.hugeSize > 0 && length % BigInt(this.hugeSize) !== 0n) {
       fail('EINVAL', `hugetlbfs files are sized in ${this.hugeSize}-byte pages`);
     }
@@ -46,6 +74,7 @@ export class MemfdFile extends FakeFile {
   private io(buf: Uint8Array, at: number, write: boolean): number {
     if (this.hugeSize > 0 && write) fail('EINVAL', 'hugetlbfs files cannot be written with write(2)');
     if (write) {
+      // Growing by a write is ftruncate's rule too (F_SEAL_GROW: EPERM).
       if (at + buf.byteLength > this.size) this.ftruncate(BigInt(at + buf.byteLength));
       new Uint8Array(this.backing.buffer, at, buf.byteLength).set(buf);
       return buf.byteLength;

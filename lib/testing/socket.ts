@@ -19,11 +19,26 @@
 //   fake never raises SIGPIPE).
 // - A call that would block forever in a single-threaded test (blocking
 //   accept or recvmsg with nothing queued) is EDEADLK, as for eventfds.
+// - SO_PEERCRED: each end knows who the other was when the connection was
+//   made (the connecting side's credentials at connect(), the listener's at
+//   bind()), whatever the peer later says of itself; a listener answers its
+//   own, a socket never connected pid 0 and uid/gid -1.
 // Not modelled: SOCK_STREAM/SOCK_DGRAM (ESOCKTNOSUPPORT), abstract names,
-// socketpair, shutdown, credentials, unix garbage collection of cycles.
+// socketpair, shutdown, SCM_CREDENTIALS, unix garbage collection of cycles.
 import { existsSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { MSG_CTRUNC, MSG_TRUNC, O_RDWR, POLLHUP, POLLIN, POLLOUT, SCM_MAX_FD, UNIX_PATH_MAX, type RecvResult } from '../libc/sys.js';
+import {
+  MSG_CTRUNC,
+  MSG_TRUNC,
+  O_RDWR,
+  POLLHUP,
+  POLLIN,
+  POLLOUT,
+  SCM_MAX_FD,
+  UNIX_PATH_MAX,
+  type PeerCredentials,
+  type RecvResult,
+} from '../libc/sys.js';
 import { fail, KernelError } from './errors.js';
 import { FakeFile, type FdTable } from './files.js';
 
@@ -40,7 +55,7 @@ interface Message {
 export class UnixNamespace {
   private readonly bound = new Map<string, UnixSocketFile>();
 
-  bind(sock: UnixSocketFile, path: string): void {
+  bind(sock: UnixSocketFile, path: string, creds: PeerCredentials): void {
     checkPath(path);
     if (sock.state !== 'new') fail('EINVAL', 'the socket is already bound or connected');
     if (existsSync(path) || this.bound.has(path)) fail('EADDRINUSE', `${path} exists`);
@@ -48,17 +63,19 @@ export class UnixNamespace {
     // The kernel makes a socket inode; a plain file stands for it here.
     writeFileSync(path, '', { flag: 'wx', mode: 0o777 & ~0o022 });
     this.bound.set(path, sock);
+    sock.credentials = creds;
     sock.bindTo(() => {
       if (this.bound.get(path) === sock) this.bound.delete(path);
     });
   }
 
-  connect(sock: UnixSocketFile, path: string): void {
+  connect(sock: UnixSocketFile, path: string, creds: PeerCredentials): void {
     checkPath(path);
     if (sock.state === 'connected') fail('EISCONN', 'already connected');
     if (sock.state !== 'new') fail('EINVAL', 'a bound or listening socket cannot connect');
     const listener = this.bound.get(path);
     if (listener === undefined) fail(existsSync(path) ? 'ECONNREFUSED' : 'ENOENT', `nothing listens on ${path}`);
+    sock.credentials = creds;
     listener.enqueue(sock);
   }
 }
@@ -80,6 +97,10 @@ export class UnixSocketFile extends FakeFile {
   private peer: UnixSocketFile | null = null;
   private peerGone = false;
   private readonly queue: Message[] = [];
+  /** Whose socket this is: set at bind (a listener) or connect (a client); an accepted end takes its listener's. */
+  credentials: PeerCredentials | null = null;
+  /** The peer's credentials, kept once the peer is gone (the kernel keeps them with the socket). */
+  private peerCreds: PeerCredentials | null = null;
 
   constructor(nonblock: boolean) {
     super(null, O_RDWR, nonblock);
@@ -106,6 +127,7 @@ export class UnixSocketFile extends FakeFile {
       fail('EDEADLK', 'blocking connect to a full backlog: the real call would wait for an accept that cannot come');
     }
     const server = new UnixSocketFile(false);
+    server.credentials = this.credentials;
     server.state = 'connected';
     client.state = 'connected';
     server.peer = client;
@@ -170,6 +192,16 @@ export class UnixSocketFile extends FakeFile {
     return { bytes: n, fds: installed, flags };
   }
 
+  /**
+   * SO_PEERCRED: the other end's credentials as recorded when it connected
+   * or bound; a listener's are its own (listen() records them); a socket
+   * that never connected has none (pid 0, uid and gid -1, as Linux answers).
+   */
+  peerCredentials(): PeerCredentials {
+    const creds = this.state === 'connected' ? (this.peer?.credentials ?? this.peerCreds) : this.state === 'new' ? null : this.credentials;
+    return creds ?? { pid: 0, uid: 0xffffffff, gid: 0xffffffff };
+  }
+
   override poll(): number {
     if (this.state === 'listening') return this.pending.length > 0 ? POLLIN : 0;
     if (this.state !== 'connected') return POLLOUT | POLLHUP;
@@ -182,6 +214,7 @@ export class UnixSocketFile extends FakeFile {
 
   /** The peer's file was released: wake readers with end of file. */
   private peerClosed(): void {
+    this.peerCreds = this.peer?.credentials ?? null;
     this.peer = null;
     this.peerGone = true;
     this.notify();

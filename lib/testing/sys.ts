@@ -11,6 +11,7 @@ import {
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
   SOCK_SEQPACKET,
+  type PeerCredentials,
   type RecvResult,
   EFD_CLOEXEC,
   EFD_NONBLOCK,
@@ -21,6 +22,7 @@ import {
   MAP_HUGE_SHIFT,
   MAP_POPULATE,
   MFD_CLOEXEC,
+  MFD_ALLOW_SEALING,
   MFD_HUGETLB,
   O_NONBLOCK,
   POLLERR,
@@ -65,13 +67,16 @@ export type SysMethod =
   | 'poll'
   | 'pollAsync'
   | 'dup'
+  | 'addSeals'
+  | 'getSeals'
   | 'socket'
   | 'bind'
   | 'listen'
   | 'accept'
   | 'connect'
   | 'sendmsg'
-  | 'recvmsg';
+  | 'recvmsg'
+  | 'peerCredentials';
 
 const KERNEL_NAME: Record<SysMethod, string> = {
   open: 'open',
@@ -93,6 +98,8 @@ const KERNEL_NAME: Record<SysMethod, string> = {
   poll: 'poll',
   pollAsync: 'poll',
   dup: 'fcntl',
+  addSeals: 'fcntl',
+  getSeals: 'fcntl',
   socket: 'socket',
   bind: 'bind',
   listen: 'listen',
@@ -100,6 +107,7 @@ const KERNEL_NAME: Record<SysMethod, string> = {
   connect: 'connect',
   sendmsg: 'sendmsg',
   recvmsg: 'recvmsg',
+  peerCredentials: 'getsockopt',
 };
 
 /** One counted call, as the log records it and fault rules see it. */
@@ -397,14 +405,13 @@ export class FakeSys implements Sys {
 
   memfdCreate(name: string, flags: number): Fd {
     return this.enter('memfdCreate', {}, () => {
-      const MFD_ALLOW_SEALING = 2;
       const sizeBits = (flags >> MAP_HUGE_SHIFT) & 0x3f;
       if (flags & ~(MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB | (0x3f << MAP_HUGE_SHIFT))) fail('EINVAL', 'unknown memfd flags');
       if (sizeBits !== 0 && !(flags & MFD_HUGETLB)) fail('EINVAL', 'a huge page size without MFD_HUGETLB');
       if (sizeBits !== 0 && sizeBits !== 21) fail('EINVAL', `no huge page size 2^${sizeBits} in the fake`);
       if (Buffer.byteLength(name) > 249) fail('EINVAL', 'name longer than 249 bytes');
       this.k.fds.reserve();
-      return this.k.fds.install(new MemfdFile(this.k, name, flags & MFD_HUGETLB ? HUGE_2M : 0));
+      return this.k.fds.install(new MemfdFile(this.k, name, flags & MFD_HUGETLB ? HUGE_2M : 0, (flags & MFD_ALLOW_SEALING) !== 0));
     });
   }
 
@@ -470,6 +477,20 @@ export class FakeSys implements Sys {
     });
   }
 
+  private memfdOf(fd: Fd): MemfdFile {
+    const f = this.k.fds.get(fd);
+    if (!(f instanceof MemfdFile)) fail('EINVAL', `fd ${fd} is a ${f.kind} file: only memfds take seals`);
+    return f;
+  }
+
+  addSeals(fd: Fd, seals: number): void {
+    this.enter('addSeals', { fd, ...this.fileInfo(fd) }, () => this.memfdOf(fd).addSeals(seals));
+  }
+
+  getSeals(fd: Fd): number {
+    return this.enter('getSeals', { fd, ...this.fileInfo(fd) }, () => this.memfdOf(fd).seals);
+  }
+
   private socketOf(fd: Fd): UnixSocketFile {
     const f = this.k.fds.get(fd);
     if (!(f instanceof UnixSocketFile)) fail('ENOTSOCK', `fd ${fd} is a ${f.kind} file, not a socket`);
@@ -489,7 +510,7 @@ export class FakeSys implements Sys {
 
   bind(fd: Fd, path: string): void {
     const resolved = this.k.resolvePath(path);
-    this.enter('bind', { fd, path: resolved, kind: 'socket' }, () => this.k.unixNamespace.bind(this.socketOf(fd), resolved));
+    this.enter('bind', { fd, path: resolved, kind: 'socket' }, () => this.k.unixNamespace.bind(this.socketOf(fd), resolved, this.k.credentials()));
   }
 
   listen(fd: Fd, backlog: number): void {
@@ -509,7 +530,9 @@ export class FakeSys implements Sys {
 
   connect(fd: Fd, path: string): void {
     const resolved = this.k.resolvePath(path);
-    this.enter('connect', { fd, path: resolved, kind: 'socket' }, () => this.k.unixNamespace.connect(this.socketOf(fd), resolved));
+    this.enter('connect', { fd, path: resolved, kind: 'socket' }, () =>
+      this.k.unixNamespace.connect(this.socketOf(fd), resolved, this.k.credentials()),
+    );
   }
 
   sendmsg(fd: Fd, data: Uint8Array, fds: readonly Fd[], flags: number): number {
@@ -527,6 +550,10 @@ export class FakeSys implements Sys {
       if (!Number.isSafeInteger(maxFds) || maxFds < 0) fail('EINVAL', 'bad fd room');
       return this.socketOf(fd).receive(buf, maxFds, this.k.fds, (flags & MSG_DONTWAIT) !== 0);
     });
+  }
+
+  peerCredentials(fd: Fd): PeerCredentials {
+    return this.enter('peerCredentials', { fd, ...this.fileInfo(fd) }, () => this.socketOf(fd).peerCredentials());
   }
 
   pageSize(): number {
