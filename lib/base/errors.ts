@@ -31,7 +31,10 @@ const LINUX_ONLY: Readonly<Record<string, number>> = { EBADFD: 77, ENOTSUPP: 524
 
 /** Positive errno number for a symbolic name (`'EINVAL'` → 22). */
 export function errnoOf(code: string): number {
-  const n = (constants.errno as Record<string, number | undefined>)[code] ?? LINUX_ONLY[code];
+  // Own properties only: 'toString' or '__proto__' (say, from a peer's
+  // message) must not find Object.prototype's members.
+  const table = constants.errno as Record<string, number | undefined>;
+  const n = Object.hasOwn(table, code) ? table[code] : Object.hasOwn(LINUX_ONLY, code) ? LINUX_ONLY[code] : undefined;
   if (n === undefined) throw new TypeError(`unknown errno name ${code}`);
   return n;
 }

@@ -27,7 +27,10 @@
 // Shareable buffers (`allocDma(size, { shareable: true })`) are the same,
 // except that the memory is a memfd mapped MAP_SHARED: another process or
 // thread that receives the memfd (lib/share) maps the very same pages. The
-// buffer keeps the memfd open until it is freed.
+// buffer keeps the memfd open until it is freed. The memfd is sealed at its
+// size (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) before anyone else can
+// hold it: a holder that could truncate it would make the next touch of
+// every mapping of it, ours included, a SIGBUS (which kills the process).
 import { closedError, usageError, VfioError } from '../base/errors.js';
 import {
   MAP_ANONYMOUS,
@@ -35,6 +38,10 @@ import {
   MAP_HUGE_SHIFT,
   MAP_POPULATE,
   MAP_SHARED,
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  MFD_ALLOW_SEALING,
   MFD_CLOEXEC,
   MFD_HUGETLB,
   O_CLOEXEC,
@@ -386,10 +393,11 @@ function lockedMemory(sys: Sys, length: number, shared: string | undefined, huge
       const flags = MAP_SHARED | MAP_ANONYMOUS | MAP_POPULATE | (huge ? MAP_HUGETLB | HUGE_2MB : 0);
       vaddr = sys.mmap(length, PROT_READ | PROT_WRITE, flags, -1, 0n);
     } else {
-      const fd = sys.memfdCreate(shared, MFD_CLOEXEC | (huge ? MFD_HUGETLB | HUGE_2MB : 0));
+      const fd = sys.memfdCreate(shared, MFD_CLOEXEC | MFD_ALLOW_SEALING | (huge ? MFD_HUGETLB | HUGE_2MB : 0));
       memfd = fd;
       u.defer(() => sys.close(fd));
       sys.ftruncate(fd, BigInt(length));
+      sys.addSeals(fd, SHARED_MEMFD_SEALS);
       vaddr = sys.mmap(length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0n);
     }
     const addr = vaddr;
@@ -398,6 +406,13 @@ function lockedMemory(sys: Sys, length: number, shared: string | undefined, huge
     return { vaddr: addr, size: length, memfd, hugepages: huge };
   });
 }
+
+/**
+ * The seals of a shareable buffer's memfd: its size is fixed for good, so no
+ * holder (the lender, a borrower, anyone it passes the fd to) can shrink it
+ * under another's mapping. Borrowers refuse a memfd without them.
+ */
+export const SHARED_MEMFD_SEALS = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
 /** The bus address of each page of a buffer, as identity (no-IOMMU) mode gives them. */
 export interface PageAddresses {

@@ -13,12 +13,14 @@
 // - An imported buffer is a separate mapping of the lender's memfd (same
 //   pages), mapped here and unmapped by free(); its IOVA is the lender's
 //   mapping, which the borrower cannot change (map/unmap: ENOTSUP). The
-//   lender must keep that mapping while borrowers use it.
+//   lender must keep that mapping while borrowers use it. Its memfd must be
+//   sealed at its size (lib/core/dma.ts SHARED_MEMFD_SEALS), else it is
+//   refused: nobody can then truncate it under a mapping (SIGBUS).
 import { teardown, withUnwind } from '../base/cleanup.js';
 import type { Container } from '../core/container/container.js';
 import type { Vfio } from '../core/context.js';
 import type { Device } from '../core/device.js';
-import { DmaBuffer, type DmaOwner } from '../core/dma.js';
+import { DmaBuffer, SHARED_MEMFD_SEALS, type DmaOwner } from '../core/dma.js';
 import { closedError, usageError } from '../base/errors.js';
 import { MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../libc/sys.js';
 import type { BufferGrant, ContainerGrant, DeviceGrant, WindowGrant } from './grants.js';
@@ -122,8 +124,15 @@ export class Borrower {
     if (c === undefined) throw protocolError(`buffer "${grant.name}" in container ${index}, which was not granted`);
     const { sys } = c.kernelEnv;
     const memfd = grant.memfd.fd;
-    // A mapping past the end of the file would SIGBUS on first touch: make
-    // sure the memfd holds the whole buffer before mapping it.
+    // A mapping past the end of the file would SIGBUS on first touch. The
+    // seals fix the size for every holder (so it cannot shrink later, under
+    // this mapping or the lender's); then it must hold the whole buffer.
+    const seals = sys.getSeals(memfd);
+    if ((seals & SHARED_MEMFD_SEALS) !== SHARED_MEMFD_SEALS) {
+      throw protocolError(
+        `buffer "${grant.name}": its memfd is not sealed against shrinking and growing (seals 0x${seals.toString(16)}); mapping it would let any holder make this process SIGBUS`,
+      );
+    }
     const probe = new Uint8Array(1);
     if (sys.pread(memfd, probe, BigInt(grant.size - 1)) !== 1) {
       throw protocolError(`buffer "${grant.name}": its memfd is smaller than the ${grant.size} bytes granted`);

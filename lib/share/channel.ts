@@ -23,7 +23,7 @@ export interface Incoming {
 
 export class Channel {
   private fdSlot: Fd;
-  private readonly buf = Buffer.alloc(MAX_MESSAGE_BYTES + 1);
+  private readonly buf: Buffer;
 
   /** Takes ownership of the connected socket `fd`. */
   constructor(
@@ -31,8 +31,12 @@ export class Channel {
     fd: Fd,
     /** Who is at the other end, for messages ("the primary", "secondary pid 42"). */
     readonly peer: string,
+    /** Largest message accepted from the peer (a longer one is EPROTO). */
+    private readonly maxBytes = MAX_MESSAGE_BYTES,
   ) {
     this.fdSlot = fd;
+    // One byte more: a message that fills it was longer than allowed.
+    this.buf = Buffer.alloc(maxBytes + 1);
   }
 
   get closed(): boolean {
@@ -79,8 +83,8 @@ export class Channel {
     if (got.bytes === 0 && got.fds.length === 0) return 'eof';
     try {
       if ((got.flags & MSG_CTRUNC) !== 0) throw protocolError(`a message from ${this.peer} carried more than ${MAX_MESSAGE_FDS} fds`);
-      if ((got.flags & MSG_TRUNC) !== 0 || got.bytes > MAX_MESSAGE_BYTES) {
-        throw protocolError(`a message from ${this.peer} is longer than ${MAX_MESSAGE_BYTES} bytes`);
+      if ((got.flags & MSG_TRUNC) !== 0 || got.bytes > this.maxBytes) {
+        throw protocolError(`a message from ${this.peer} is longer than ${this.maxBytes} bytes`);
       }
       let msg: unknown;
       try {

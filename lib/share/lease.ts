@@ -22,7 +22,7 @@
 import { teardown } from '../base/cleanup.js';
 import type { Container, LentDevice } from '../core/container/container.js';
 import { ioctl } from '../uapi/ioctl.js';
-import { VfioError } from '../base/errors.js';
+import { usageError, VfioError } from '../base/errors.js';
 import type { Sys } from '../libc/sys.js';
 import * as codec from '../uapi/codec.js';
 import {
@@ -39,17 +39,32 @@ interface Loan {
   readonly device: LentDevice;
 }
 
+/** How much IOVA space one borrower may hold reserved at once (a secondary's; a thread's lender decides itself). */
+export interface IovaQuota {
+  /** Bytes over all its windows. */
+  readonly bytes: bigint;
+  /** Windows. */
+  readonly windows: number;
+}
+
 export class Lease {
   /** Containers granted, with the groups (group modes) the borrower holds fds of. */
   private readonly granted = new Map<Container, Set<number>>();
   private readonly loans = new Map<string, Loan>();
-  private readonly blocks = new Set<{ readonly container: Container; readonly iova: bigint }>();
+  private readonly blocks = new Set<{ readonly container: Container; readonly iova: bigint; readonly size: bigint }>();
   private ended = false;
 
   constructor(
     /** Who borrows, for messages ("secondary pid 42", "a worker thread"). */
     readonly borrower: string,
+    /** Null: no limit (the lender asks for itself, as for a thread). */
+    private readonly quota: IovaQuota | null = null,
   ) {}
+
+  /** True while the borrower holds a device or an IOVA window (what an idle connection must not lose by a timeout). */
+  get holdsAnything(): boolean {
+    return this.loans.size > 0 || this.blocks.size > 0;
+  }
 
   /** True once the container was granted to this borrower. */
   holds(c: Container): boolean {
@@ -95,12 +110,23 @@ export class Lease {
   }
 
   /**
-   * Reserves an IOVA block of `c` for the borrower.
-   * @throws VfioError as Container.reserveIova.
+   * Reserves an IOVA block of `c` for the borrower, within its quota.
+   * @throws VfioError EDQUOT over the borrower's quota (bytes or windows);
+   *   as Container.reserveIova.
    */
   reserve(c: Container, size: bigint, opts: { dmaLimit?: bigint; align?: bigint }): { iova: bigint; granule: bigint } {
+    if (this.quota !== null) {
+      let held = 0n;
+      for (const b of this.blocks) held += b.size;
+      if (this.blocks.size + 1 > this.quota.windows || held + size > this.quota.bytes) {
+        throw usageError(
+          'EDQUOT',
+          `${this.borrower} holds ${this.blocks.size} IOVA windows of ${held} bytes; its quota is ${this.quota.windows} windows, ${this.quota.bytes} bytes`,
+        );
+      }
+    }
     const got = c.reserveIova(size, opts);
-    this.blocks.add({ container: c, iova: got.iova });
+    this.blocks.add({ container: c, iova: got.iova, size });
     return got;
   }
 

@@ -150,18 +150,21 @@ export function arr(o: Json, key: string, what: string): unknown[] {
  */
 export class FdSlots {
   private readonly adopted = new Set<number>();
+  /** Slots a grant named: a second grant naming one would make two owners of one fd. */
+  private readonly named = new Set<number>();
 
   constructor(
     private readonly fds: readonly Fd[],
     private readonly close: (fd: Fd) => void,
   ) {}
 
-  /** The fd in slot `index` (still owned here). */
+  /** The fd in slot `index` (still owned here); each slot may be named once. */
   fd(index: number, what: string): Fd {
     const fd = this.fds[index];
     if (!Number.isSafeInteger(index) || fd === undefined)
       throw protocolError(`${what} names fd slot ${index}, the message carries ${this.fds.length}`);
-    if (this.adopted.has(index)) throw protocolError(`${what} names fd slot ${index} twice`);
+    if (this.adopted.has(index) || this.named.has(index)) throw protocolError(`${what} names fd slot ${index}, which another grant names`);
+    this.named.add(index);
     return fd;
   }
 
@@ -211,10 +214,14 @@ export function errorFromWire(v: unknown, op: string): VfioError {
   const code = str(e, 'code', 'error');
   const detail = str(e, 'detail', 'error');
   const device = typeof e['device'] === 'string' ? e['device'] : undefined;
-  try {
-    return new VfioError({ code, detail: `the primary refused ${op}: ${detail}`, device });
-  } catch {
-    // A code this Node does not know (a newer primary): keep it in the words.
-    return new VfioError({ code: 'EIO', detail: `the primary refused ${op} with ${code}: ${detail}`, device });
+  // Only an errno name or ECLOSED passes as the code; anything else (a newer
+  // primary's code, or a hostile one such as 'toString') is kept in the words.
+  if (code === 'ECLOSED' || /^E[A-Z0-9]{1,15}$/.test(code)) {
+    try {
+      return new VfioError({ code, detail: `the primary refused ${op}: ${detail}`, device });
+    } catch {
+      // Not an errno this Node knows: below.
+    }
   }
+  return new VfioError({ code: 'EIO', detail: `the primary refused ${op} with ${JSON.stringify(code)}: ${detail}`, device });
 }

@@ -15,8 +15,8 @@
 //   answer: EPROTO. Both end the connection.
 // - Every fd received is either owned by an object handed out here or
 //   closed, whatever fails.
-import type { Container } from '../core/container/container.js';
-import type { Vfio } from '../core/context.js';
+import { Container } from '../core/container/container.js';
+import { Vfio } from '../core/context.js';
 import type { Device } from '../core/device.js';
 import type { DmaBuffer } from '../core/dma.js';
 import type { IovaRange } from '../core/iova-allocator.js';
@@ -61,17 +61,33 @@ const MODES: readonly string[] = ['cdev', 'group', 'noiommu'];
  *   answer; ECONNRESET it hung up; ECLOSED `v` is closed.
  */
 export async function connectPrimary(v: Vfio, path: string, opts: ConnectOptions = {}): Promise<Secondary> {
+  if (!(v instanceof Vfio)) throw usageError('EINVAL', 'connectPrimary needs a Vfio context');
+  if (typeof path !== 'string' || path.length === 0)
+    throw usageError('EINVAL', `the primary's socket path ${String(path)} is not a string`);
+  if (typeof opts !== 'object' || opts === null) throw usageError('EINVAL', 'connectPrimary options must be an object');
   if (v.closed) throw usageError('ECLOSED', 'the Vfio context is closed');
   const timeoutMs = opts.timeoutMs ?? 10_000;
   if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw usageError('EINVAL', `timeoutMs ${timeoutMs} is not a positive integer`);
   const sys = v.kernel;
+  const uid = sys.getuid();
   const deadline = Date.now() + timeoutMs;
   const fd = sys.socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   const channel = new Channel(sys, fd, `the primary at ${path}`);
   try {
     await connectBy(sys, fd, path, deadline);
     const s = new Secondary(v, channel, timeoutMs);
-    await s.hello();
+    try {
+      await s.hello();
+    } catch (err) {
+      if (err instanceof VfioError && err.code === 'ECONNRESET') {
+        throw usageError(
+          'ECONNRESET',
+          `the primary at ${path} closed the connection at hello: it serves only the uids it allows (this process runs as uid ${uid}), or it has all the connections it takes`,
+          { path, cause: err },
+        );
+      }
+      throw err;
+    }
     return s;
   } catch (err) {
     channel.close();
@@ -158,6 +174,8 @@ export class Secondary implements Disposable {
    *   without devices; ECONNRESET/ETIMEDOUT/EPROTO (connection lost); ECLOSED.
    */
   attachContainer(index: number): Promise<Container> {
+    const bad = this.checkIndex(index);
+    if (bad !== null) return Promise.reject(bad);
     return this.serial(async () => {
       const have = this.borrower.container(index);
       if (have !== undefined) return have;
@@ -178,7 +196,12 @@ export class Secondary implements Disposable {
    *   secondary; EEXIST already borrowed here; ECONNRESET/ETIMEDOUT/EPROTO; ECLOSED.
    */
   openDevice(address: string): Promise<Device> {
-    const canonical = canonicalPciAddress(address);
+    let canonical: string;
+    try {
+      canonical = canonicalPciAddress(address);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return this.serial(() =>
       this.exchange('open-device', { address: canonical }, (result, fds) => {
         const index = int(result, 'container', 'open-device');
@@ -211,24 +234,33 @@ export class Secondary implements Disposable {
     size: number | bigint,
     opts: { readonly dmaLimit?: bigint; readonly align?: bigint } = {},
   ): Promise<IovaRange> {
-    const index = this.borrower.indexOf(container);
+    // Checked here, before anything travels: a bad argument is this call's
+    // error (a rejected promise, never a synchronous throw), not the session's.
+    const index = container instanceof Container ? this.borrower.indexOf(container) : undefined;
     if (index === undefined || container.closed)
-      return Promise.reject(usageError('EINVAL', `${container.label} was not lent by ${this.channel.peer}`));
+      return Promise.reject(
+        usageError('EINVAL', `${String((container as Container | undefined)?.label ?? container)} was not lent by ${this.channel.peer}`),
+      );
     if (container.dmaMode === 'identity') {
       return Promise.reject(
         usageError('ENOTSUP', `${container.label} is in no-IOMMU mode: DMA uses physical addresses, there is no IOVA space to reserve`),
       );
     }
-    let bytes: bigint;
-    try {
-      bytes = BigInt(size);
-    } catch {
-      return Promise.reject(usageError('EINVAL', `IOVA window size ${String(size)} is not an integer`));
-    }
-    if (bytes <= 0n) return Promise.reject(usageError('EINVAL', `IOVA window size ${bytes} is not positive`));
+    const sizeOk = typeof size === 'bigint' ? size > 0n : typeof size === 'number' && Number.isSafeInteger(size) && size > 0;
+    if (!sizeOk) return Promise.reject(usageError('EINVAL', `IOVA window size ${String(size)} is not a positive integer`));
+    const bytes = BigInt(size);
+    if (typeof opts !== 'object' || opts === null) return Promise.reject(usageError('EINVAL', 'reserveIova options must be an object'));
     const args: Json = { container: index, size: bytes.toString() };
-    if (opts.dmaLimit !== undefined) args['dmaLimit'] = BigInt(opts.dmaLimit).toString();
-    if (opts.align !== undefined) args['align'] = BigInt(opts.align).toString();
+    for (const key of ['dmaLimit', 'align'] as const) {
+      const v: unknown = opts[key];
+      if (v === undefined) continue;
+      if (typeof v !== 'bigint' || v <= 0n || v >= 1n << 64n) {
+        return Promise.reject(usageError('EINVAL', `reserveIova ${key} must be a positive bigint below 2^64`));
+      }
+      if (key === 'align' && (v & (v - 1n)) !== 0n)
+        return Promise.reject(usageError('EINVAL', `reserveIova align ${v} is not a power of two`));
+      args[key] = v.toString();
+    }
     return this.serial(() =>
       this.exchange('reserve-iova', args, (result) => {
         const w = decodeWindow(result['window']);
@@ -247,6 +279,9 @@ export class Secondary implements Disposable {
    *   ECLOSED; any errno of mapping it.
    */
   importBuffer(name: string): Promise<DmaBuffer> {
+    if (typeof name !== 'string' || name.length === 0 || name.length > 255) {
+      return Promise.reject(usageError('EINVAL', `a shared buffer name is 1 to 255 characters, not ${String(name)}`));
+    }
     return this.serial(() =>
       this.exchange('import-buffer', { name }, (result, fds) => {
         const index = int(result, 'container', 'import-buffer');
@@ -282,6 +317,17 @@ export class Secondary implements Disposable {
   }
 
   // --- requests -----------------------------------------------------------------
+
+  /** Why `index` names no container the primary serves (checked before it travels), or null. */
+  private checkIndex(index: unknown): VfioError | null {
+    if (typeof index !== 'number' || !Number.isSafeInteger(index) || index < 0) {
+      return usageError('EINVAL', `container index ${String(index)} is not a non-negative integer`);
+    }
+    if (!this.containers.some((c) => c.index === index)) {
+      return usageError('EINVAL', `no container ${index}: the primary serves ${this.containers.length}`);
+    }
+    return null;
+  }
 
   /** Runs `fn` after every request queued before it. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {

@@ -8,24 +8,32 @@
 // - Never blocks the event loop: one poll(2) over the listening socket and
 //   every connection runs on a libuv pool thread (sys.pollAsync), and each
 //   request is answered synchronously from the loop (a few ioctls).
-// - Access: the socket node is made mode 0600 before listen(2), so only the
-//   primary's user (and root) can connect.
+// - Access: the socket node is created private (mode 0600 through the umask
+//   at bind(2), never a chmod through a path that a neighbour could swap for
+//   a symlink), and every accepted connection's peer credentials
+//   (SO_PEERCRED, the kernel's word, not the hello's) must name an allowed
+//   uid (default: the primary's own), else it is closed at once.
+// - Limits: connections at once, request size, time to say hello, idle time
+//   of a connection that borrows nothing, and per-secondary IOVA
+//   reservations (windows and bytes). A bad argument is refused (EINVAL)
+//   without ending the connection; only a message that breaks the protocol
+//   does.
 // - A malformed message, a version this primary does not speak, or a
 //   secondary that does not read its answers ends that connection (after an
 //   error answer when one can be sent); other connections go on.
 // - While it serves, the pending poll keeps the process alive; close() ends
 //   every lease, closes every socket and removes the socket node.
-import { chmodSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { teardown, withUnwind } from '../base/cleanup.js';
-import type { Container } from '../core/container/container.js';
-import type { DmaBuffer } from '../core/dma.js';
+import { Container } from '../core/container/container.js';
+import { DmaBuffer } from '../core/dma.js';
 import { usageError, VfioError } from '../base/errors.js';
 import { AF_UNIX, EFD_CLOEXEC, EFD_NONBLOCK, POLLIN, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_SEQPACKET, type Fd, type Sys } from '../libc/sys.js';
 import { canonicalPciAddress } from '../host/pci-address.js';
 import { Channel, type Incoming } from './channel.js';
 import { encodeBuffer, encodeContainer, encodeDevice, encodeWindow } from './grants.js';
-import { Lease } from './lease.js';
+import { Lease, type IovaQuota } from './lease.js';
 import { PROTOCOL_VERSION, OutgoingFds, big, bigOrUndefined, int, protocolError, str, wireError, type Json } from './protocol.js';
 
 export interface ShareServerOptions {
@@ -33,12 +41,79 @@ export interface ShareServerOptions {
   readonly containers: readonly Container[];
   /** listen(2) backlog (default 16). */
   readonly backlog?: number;
+  /**
+   * The uids whose processes may connect (checked with SO_PEERCRED; default:
+   * this process's own uid only). Root is not implied. With another uid
+   * listed the socket node is made 0666, so that the kernel lets them
+   * connect; the credential check then decides.
+   */
+  readonly allowUids?: readonly number[];
+  /** Secondaries connected at once (default 32); more are closed as they come. */
+  readonly maxConnections?: number;
+  /** Time a new connection has to say hello, in ms (default 5000). */
+  readonly helloTimeoutMs?: number;
+  /**
+   * Time a connection that borrows nothing (no device, no IOVA window) may
+   * stay silent, in ms (default 60000); then it is closed. A connection that
+   * borrows something is never timed out: its lease ends with it.
+   */
+  readonly idleTimeoutMs?: number;
+  /** Largest request a secondary may send, in bytes (default 4096); a longer one ends its connection. */
+  readonly maxRequestBytes?: number;
+  /** IOVA reservations one secondary may hold at once (default 16 windows, 1 GiB). */
+  readonly iovaQuota?: { readonly windows?: number; readonly bytes?: bigint };
 }
 
 interface Connection {
   readonly channel: Channel;
-  /** Made by hello, which names the secondary by its pid. */
+  /** Who connected, as the kernel says (SO_PEERCRED). */
+  readonly pid: number;
+  /** Made by hello. */
   lease: Lease | null;
+  /** When it last sent something (Date.now()). */
+  lastActive: number;
+}
+
+/** The limits a server runs with (ShareServerOptions, defaults filled in). */
+interface Limits {
+  readonly allowUids: readonly number[];
+  readonly maxConnections: number;
+  readonly helloTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly maxRequestBytes: number;
+  readonly iovaQuota: IovaQuota;
+}
+
+function positiveInt(opts: Record<string, unknown>, key: string, fallback: number): number {
+  const v = opts[key] ?? fallback;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1)
+    throw usageError('EINVAL', `ShareServer ${key} ${String(v)} is not a positive integer`);
+  return v;
+}
+
+/** The options' limits, checked. */
+function limitsOf(opts: ShareServerOptions, ownUid: number): Limits {
+  const o = opts as unknown as Record<string, unknown>;
+  const uids = opts.allowUids ?? [ownUid];
+  if (
+    !Array.isArray(uids) ||
+    uids.length === 0 ||
+    !uids.every((u) => typeof u === 'number' && Number.isSafeInteger(u) && u >= 0 && u < 2 ** 32 - 1)
+  ) {
+    throw usageError('EINVAL', 'ShareServer allowUids must be a non-empty array of uids');
+  }
+  const quota: unknown = opts.iovaQuota ?? {};
+  if (typeof quota !== 'object' || quota === null) throw usageError('EINVAL', 'ShareServer iovaQuota must be { windows?, bytes? }');
+  const bytes = (quota as { bytes?: unknown }).bytes ?? 1n << 30n;
+  if (typeof bytes !== 'bigint' || bytes < 0n) throw usageError('EINVAL', 'ShareServer iovaQuota.bytes must be a non-negative bigint');
+  return {
+    allowUids: [...uids],
+    maxConnections: positiveInt(o, 'maxConnections', 32),
+    helloTimeoutMs: positiveInt(o, 'helloTimeoutMs', 5000),
+    idleTimeoutMs: positiveInt(o, 'idleTimeoutMs', 60_000),
+    maxRequestBytes: positiveInt(o, 'maxRequestBytes', 4096),
+    iovaQuota: { windows: positiveInt(quota as Record<string, unknown>, 'windows', 16), bytes },
+  };
 }
 
 /** A refusal that ends the connection (the peer does not follow the protocol). */
@@ -49,6 +124,30 @@ class Hangup extends Error {
 }
 
 let nextConnection = 1;
+
+/** The requests after hello (./protocol.ts). */
+const REQUESTS: readonly string[] = ['attach-container', 'open-device', 'reserve-iova', 'import-buffer'];
+
+/**
+ * bind(2) under a umask that makes the node `mode` from its creation: no
+ * window in which it is more open, and no chmod through a path afterwards.
+ * JavaScript runs one thing at a time on this thread, so nothing else of
+ * ours sees the brief umask. A worker thread cannot set the umask
+ * (process.umask throws there): the node then has the process umask's mode.
+ */
+function bindWithMode(sys: Sys, fd: Fd, path: string, mode: number): void {
+  let previous: number | null = null;
+  try {
+    previous = process.umask(0o777 & ~mode);
+  } catch {
+    previous = null;
+  }
+  try {
+    sys.bind(fd, path);
+  } finally {
+    if (previous !== null) process.umask(previous);
+  }
+}
 
 export class ShareServer implements AsyncDisposable {
   /** The socket's path (absolute). */
@@ -67,6 +166,7 @@ export class ShareServer implements AsyncDisposable {
     private readonly listenFd: Fd,
     private readonly stopFd: Fd,
     private readonly containers: readonly Container[],
+    private readonly limits: Limits,
   ) {
     this.path = path;
     this.running = this.run();
@@ -74,16 +174,25 @@ export class ShareServer implements AsyncDisposable {
 
   /**
    * Serves `opts.containers` on a new socket at `path` (which must not
-   * exist: a stale one from a primary that died must be removed first).
-   * @throws VfioError EINVAL no containers, a closed or borrowed one, or
-   *   containers of different kernels; EADDRINUSE `path` exists; ENOENT its
-   *   directory does not; ENAMETOOLONG path over 107 bytes; any errno of
+   * exist: a stale one from a primary that died must be removed first). The
+   * node is created private (0600, or 0666 when `allowUids` lists another
+   * uid) through the umask at bind(2), never by a chmod after it; in a
+   * worker thread, which cannot set the umask, it gets the process umask's
+   * mode, and the credential check alone decides who is served.
+   * @throws VfioError EINVAL no options, a path that is not a string, no
+   *   containers, a closed or borrowed one, containers of different
+   *   contexts, a bad limit; EADDRINUSE `path` exists; ENOENT its directory
+   *   does not; ENAMETOOLONG path over 107 bytes; any errno of
    *   socket/bind/listen/eventfd. Nothing is left behind after a failure.
    */
   static listen(path: string, opts: ShareServerOptions): ShareServer {
-    const containers = [...(opts.containers ?? [])];
+    if (typeof path !== 'string' || path.length === 0) throw usageError('EINVAL', `the socket path ${String(path)} is not a string`);
+    if (typeof opts !== 'object' || opts === null) throw usageError('EINVAL', 'ShareServer.listen needs options: { containers }');
+    if (!Array.isArray(opts.containers)) throw usageError('EINVAL', 'ShareServer.listen options.containers must be an array of Containers');
+    const containers: Container[] = [...opts.containers];
     const first = containers[0];
     if (first === undefined) throw usageError('EINVAL', 'ShareServer.listen needs at least one container to serve');
+    if (!containers.every((c) => c instanceof Container)) throw usageError('EINVAL', 'ShareServer.listen serves Containers only');
     const sys = first.kernelEnv.sys;
     for (const c of containers) {
       if (c.closed || c.borrowed)
@@ -93,12 +202,15 @@ export class ShareServer implements AsyncDisposable {
     if (new Set(containers).size !== containers.length) throw usageError('EINVAL', 'a container is listed twice');
     const backlog = opts.backlog ?? 16;
     if (!Number.isSafeInteger(backlog) || backlog < 1) throw usageError('EINVAL', `backlog ${backlog} is not a positive integer`);
+    const own = sys.getuid();
+    const limits = limitsOf(opts, own);
+    const mode = limits.allowUids.every((u) => u === own) ? 0o600 : 0o666;
     const where = resolve(path);
     return withUnwind((u) => {
       const fd = sys.socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       u.defer(() => sys.close(fd));
       try {
-        sys.bind(fd, where);
+        bindWithMode(sys, fd, where, mode);
       } catch (err) {
         if (err instanceof VfioError && err.code === 'EADDRINUSE') {
           err.annotate({ detail: `${where} exists: another primary serves there, or one died and left it (remove it)` });
@@ -106,11 +218,9 @@ export class ShareServer implements AsyncDisposable {
         throw err;
       }
       u.defer(() => rmSync(where, { force: true }));
-      // Private before anyone can connect: listen(2) has not run yet.
-      chmodSync(where, 0o600);
       sys.listen(fd, backlog);
       const stop = sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-      return new ShareServer(sys, where, fd, stop, containers);
+      return new ShareServer(sys, where, fd, stop, containers, limits);
     });
   }
 
@@ -135,6 +245,7 @@ export class ShareServer implements AsyncDisposable {
     if (this.closing) throw usageError('ECLOSED', `the share server at ${this.path} is closed`);
     if (typeof name !== 'string' || name.length === 0 || name.length > 255)
       throw usageError('EINVAL', 'a shared buffer name is 1 to 255 characters');
+    if (!(buf instanceof DmaBuffer)) throw usageError('EINVAL', `shareBuffer("${name}") needs a DmaBuffer, not ${String(buf)}`);
     const existing = this.shared.get(name);
     if (existing?.live) throw usageError('EEXIST', `a buffer is already shared as "${name}"`);
     if (!buf.shareable) throw usageError('EINVAL', `buffer "${name}" is not shareable: allocate it with { shareable: true }`);
@@ -189,9 +300,10 @@ export class ShareServer implements AsyncDisposable {
             { fd: this.listenFd, events: POLLIN },
             ...conns.map((c) => ({ fd: c.channel.fd, events: POLLIN })),
           ],
-          -1,
+          this.nextTimeout(),
         );
         if (this.closing) break;
+        this.expire();
         if ((revents[0] ?? 0) !== 0) this.drainStop();
         if ((revents[1] ?? 0) !== 0) this.acceptAll();
         conns.forEach((c, i) => {
@@ -216,6 +328,32 @@ export class ShareServer implements AsyncDisposable {
     }
   }
 
+  /** When a connection must have said something by (Date.now() ms), or null: never for one that borrows something. */
+  private deadlineOf(c: Connection): number | null {
+    if (c.lease === null) return c.lastActive + this.limits.helloTimeoutMs;
+    if (c.lease.holdsAnything) return null;
+    return c.lastActive + this.limits.idleTimeoutMs;
+  }
+
+  /** The poll's timeout: until the earliest connection deadline (-1: none). */
+  private nextTimeout(): number {
+    let next: number | null = null;
+    for (const c of this.conns) {
+      const d = this.deadlineOf(c);
+      if (d !== null && (next === null || d < next)) next = d;
+    }
+    return next === null ? -1 : Math.min(Math.max(0, next - Date.now()), 2 ** 31 - 1);
+  }
+
+  /** Closes the connections past their deadline (no hello in time, or idle borrowing nothing). */
+  private expire(): void {
+    const now = Date.now();
+    for (const c of [...this.conns]) {
+      const d = this.deadlineOf(c);
+      if (d !== null && d <= now) this.drop(c);
+    }
+  }
+
   private drainStop(): void {
     try {
       this.sys.read(this.stopFd, Buffer.alloc(8));
@@ -236,8 +374,34 @@ export class ShareServer implements AsyncDisposable {
         if (err.code !== 'EAGAIN') this.acceptBackoff = true;
         return;
       }
-      this.conns.add({ channel: new Channel(this.sys, fd, `secondary #${nextConnection++}`), lease: null });
+      this.admit(fd);
     }
+  }
+
+  /**
+   * A new connection: kept only if the kernel says its process runs as an
+   * allowed uid and the server has room; else closed at once (the secondary
+   * sees the connection closed at its hello).
+   */
+  private admit(fd: Fd): void {
+    let pid: number;
+    try {
+      const creds = this.sys.peerCredentials(fd);
+      if (!this.limits.allowUids.includes(creds.uid) || this.conns.size >= this.limits.maxConnections) {
+        this.sys.close(fd);
+        return;
+      }
+      pid = creds.pid;
+    } catch {
+      try {
+        this.sys.close(fd);
+      } catch {
+        // close(2) frees the fd even when it reports an error.
+      }
+      return;
+    }
+    const name = `secondary #${nextConnection++} (pid ${pid})`;
+    this.conns.add({ channel: new Channel(this.sys, fd, name, this.limits.maxRequestBytes), pid, lease: null, lastActive: Date.now() });
   }
 
   /** Reads and answers every queued message of `c`; ends it on end of file or a protocol error. */
@@ -251,6 +415,7 @@ export class ShareServer implements AsyncDisposable {
       }
       if (got === 'empty') return;
       if (got === 'eof') return this.drop(c);
+      c.lastActive = Date.now();
       try {
         this.answer(c, got.msg);
       } catch {
@@ -323,13 +488,24 @@ export class ShareServer implements AsyncDisposable {
       refuse(err);
       throw new Hangup(err);
     }
+    if (op !== 'hello' && !REQUESTS.includes(op as string)) {
+      const err = protocolError(`unknown request ${JSON.stringify(op)}`);
+      refuse(err);
+      throw new Hangup(err);
+    }
     let result: { json: Json; fds: readonly Fd[] };
     try {
       result = op === 'hello' ? { json: this.hello(c, msg), fds: [] } : this.dispatch(c.lease!, String(op), msg);
     } catch (err) {
       const e = err instanceof VfioError ? err : usageError('EIO', `the primary failed: ${String(err)}`);
-      refuse(e);
-      if (e.code === 'EPROTO') throw new Hangup(e);
+      // A malformed hello is a peer that does not speak the protocol; a
+      // known request with a bad argument is one failed call, answered as
+      // such (EINVAL): the session goes on.
+      if (e.code === 'EPROTO' && op === 'hello') {
+        refuse(e);
+        throw new Hangup(e);
+      }
+      refuse(e.code === 'EPROTO' ? usageError('EINVAL', e.message.replace(/^vfio-share: /, '')) : e);
       return;
     }
     c.channel.send({ id, ok: true, result: result.json }, result.fds);
@@ -352,7 +528,10 @@ export class ShareServer implements AsyncDisposable {
   }
 
   private hello(c: Connection, msg: Json): Json {
-    c.lease = new Lease(`secondary pid ${int(msg, 'pid', 'hello')}`);
+    // The hello's pid is what the secondary says of itself; the lease is
+    // named by the one the kernel recorded (SO_PEERCRED).
+    int(msg, 'pid', 'hello');
+    c.lease = new Lease(`secondary pid ${c.pid}`, this.limits.iovaQuota);
     return {
       pid: process.pid,
       containers: this.containers.map((k, index) => ({ index, mode: k.mode, devices: k.closed ? [] : [...k.devices] })),

@@ -20,16 +20,27 @@
 // - IOVA space: a window reserved in the lender's container for the worker;
 //   the worker's borrowed container allocates only inside it.
 //
+// Tickets are one-shot: a ticket carries a claim word in shared memory (an
+// Int32Array on a SharedArrayBuffer, which postMessage shares rather than
+// copies), and exactly one party takes its fds: the thread that adopts it
+// (compare-and-swap unclaimed -> adopted) or the lender that takes it back
+// unadopted (end/discard: unclaimed -> discarded, then it closes the fds). A
+// ticket is checked whole before the claim, so a malformed or forged ticket
+// (or a copy of one already adopted) is refused without closing any fd: fd
+// numbers in a ticket that is not ours to take may be anyone's.
+//
 // Lifetimes: the lender ends the lease (ThreadLease.end) once the worker has
-// closed what it adopted (for example when the worker exits): its devices
-// come back with their interrupts off and its window is cleared. A worker
-// that exits without closing leaves its fds open in the process (no thread
-// owns them any more), as any native resource a thread forgets.
+// closed what it adopted (ThreadBorrow.close marks the claim word closed):
+// its devices come back with their interrupts off and its window is cleared.
+// end() refuses (EBUSY) while the worker still holds what it adopted, since
+// clearing the window would unmap DMA under it; `end({ force: true })` is
+// for a worker that died without closing (its fds stay open in the process:
+// no thread owns them any more, as any native resource a thread forgets).
 import { withUnwind } from '../base/cleanup.js';
-import type { Container } from '../core/container/container.js';
-import type { Vfio } from '../core/context.js';
+import { Container } from '../core/container/container.js';
+import { Vfio } from '../core/context.js';
 import type { Device } from '../core/device.js';
-import type { DmaBuffer } from '../core/dma.js';
+import { DmaBuffer } from '../core/dma.js';
 import { closedError, usageError } from '../base/errors.js';
 import type { Fd } from '../libc/sys.js';
 import { canonicalPciAddress } from '../host/pci-address.js';
@@ -43,6 +54,10 @@ import {
   encodeContainer,
   encodeDevice,
   encodeWindow,
+  type BufferGrant,
+  type ContainerGrant,
+  type DeviceGrant,
+  type WindowGrant,
 } from './grants.js';
 import { Lease } from './lease.js';
 import {
@@ -69,13 +84,22 @@ export interface ThreadLeaseOptions {
   readonly iova?: { readonly size: number | bigint; readonly dmaLimit?: bigint; readonly align?: bigint };
 }
 
+/** The claim word of a ticket (see the file comment). */
+const UNCLAIMED = 0;
+const ADOPTED = 1;
+const CLOSED = 2;
+const DISCARDED = 3;
+
 /**
  * Plain data for postMessage: the grants of ./protocol.ts, whose fd slots
- * index `fds`, the fd numbers the adopting thread takes over.
+ * index `fds`, the fd numbers the adopting thread takes over, and the claim
+ * word (shared memory) that makes the ticket good for one adoption.
  */
 export interface ThreadTicket {
   readonly protocol: typeof PROTOCOL;
   readonly version: number;
+  /** One Int32 on a SharedArrayBuffer: unclaimed, adopted, closed or discarded. */
+  readonly claim: Int32Array;
   readonly container: WireContainer;
   readonly devices: readonly WireDevice[];
   readonly buffers: readonly WireBuffer[];
@@ -95,24 +119,45 @@ export class ThreadLease {
     private readonly closeFd: (fd: Fd) => void,
   ) {}
 
+  /** True once a thread adopted the ticket (and until it closed what it adopted). */
+  get adopted(): boolean {
+    return Atomics.load(this.ticket.claim, 0) === ADOPTED;
+  }
+
   /**
-   * The thread is done (it closed what it adopted): devices come back with
-   * their interrupts off, the IOVA window is cleared and freed. Idempotent.
-   * @throws VfioError the first error of that (each step still runs).
+   * The thread is done: devices come back with their interrupts off, the
+   * IOVA window is cleared and freed. A ticket no thread adopted is taken
+   * back (its fds closed here). Idempotent once it succeeded.
+   * @throws VfioError EBUSY a thread adopted the ticket and has not closed
+   *   what it adopted (clearing its window would unmap DMA under it); pass
+   *   `{ force: true }` when that thread is gone. Else the first error of
+   *   giving things back (each step still runs).
    */
-  end(): void {
+  end(opts: { readonly force?: boolean } = {}): void {
     if (this.state === 'ended') return;
+    if (this.takeBack() === ADOPTED && opts?.force !== true) {
+      throw usageError(
+        'EBUSY',
+        'a thread adopted this ticket and still holds what it adopted: it closes its ThreadBorrow first (or end({ force: true }) once it is gone)',
+      );
+    }
     this.state = 'ended';
     this.lease.end();
   }
 
   /**
    * The ticket never reached a thread (postMessage failed, the worker never
-   * started): closes its fds, then ends the lease. Never call it for a
-   * ticket a thread may have adopted: those fds are the thread's.
+   * started): closes its fds, then ends the lease.
+   * @throws VfioError EBUSY a thread adopted it meanwhile (see end()).
    */
   discard(): void {
-    if (this.state === 'ended') return;
+    this.end();
+  }
+
+  /** Claims an unadopted ticket back and closes its fds; returns the claim word as it was. */
+  private takeBack(): number {
+    const was = Atomics.compareExchange(this.ticket.claim, 0, UNCLAIMED, DISCARDED);
+    if (was !== UNCLAIMED) return was;
     for (const fd of this.ticket.fds) {
       try {
         this.closeFd(fd);
@@ -120,7 +165,7 @@ export class ThreadLease {
         // close(2) frees the fd even when it reports an error.
       }
     }
-    this.end();
+    return DISCARDED;
   }
 }
 
@@ -134,37 +179,53 @@ export class ThreadLease {
  *   Nothing stays lent or open after a failure.
  */
 export function lendToThread(container: Container, opts: ThreadLeaseOptions = {}): ThreadLease {
+  if (!(container instanceof Container)) throw usageError('EINVAL', 'lendToThread needs a Container of this thread');
+  if (typeof opts !== 'object' || opts === null) throw usageError('EINVAL', 'lendToThread options must be an object');
+  if (container.closed) throw closedError(container.label);
   const { sys } = container.kernelEnv;
   if (container.borrowed) throw usageError('EINVAL', `${container.label} is borrowed: only its lender can lend it`);
+  const devicesOpt = opts.devices ?? [];
+  if (!Array.isArray(devicesOpt)) throw usageError('EINVAL', 'lendToThread devices must be an array of PCI addresses');
+  const buffersOpt = opts.buffers ?? {};
+  if (typeof buffersOpt !== 'object' || buffersOpt === null)
+    throw usageError('EINVAL', 'lendToThread buffers must be an object of DmaBuffers by name');
+  const window = opts.iova === undefined ? undefined : windowRequest(opts.iova);
   const lease = new Lease('a worker thread');
   return withUnwind((u) => {
     u.defer(() => lease.end());
     const out = new OutgoingFds();
     const granted = encodeContainer(container, out);
     lease.granting(container, granted.groups);
-    const devices = (opts.devices ?? []).map((address) => {
+    const devices = devicesOpt.map((address) => {
       const lent = lease.lend(container, canonicalPciAddress(address));
       // Every group of the container came with its grant.
       return encodeDevice(lent, null, out);
     });
     const windows: WireWindow[] = [];
-    if (opts.iova !== undefined) {
-      const size = BigInt(opts.iova.size);
-      const got = lease.reserve(container, size, {
-        ...(opts.iova.dmaLimit === undefined ? {} : { dmaLimit: opts.iova.dmaLimit }),
-        ...(opts.iova.align === undefined ? {} : { align: opts.iova.align }),
-      });
-      windows.push(encodeWindow(got.iova, size, got.granule));
+    if (window !== undefined) {
+      const got = lease.reserve(container, window.size, window.opts);
+      windows.push(encodeWindow(got.iova, window.size, got.granule));
     }
-    const buffers = Object.entries(opts.buffers ?? {}).map(([name, buf]) => {
-      if (!container.ownsBuffer(buf)) throw usageError('EINVAL', `buffer "${name}" is not in ${container.label}`);
+    const buffers = Object.entries(buffersOpt).map(([name, buf]) => {
+      if (!(buf instanceof DmaBuffer) || !container.ownsBuffer(buf))
+        throw usageError('EINVAL', `buffer "${name}" is not in ${container.label}`);
       return encodeBuffer(name, buf, out);
     });
     // The thread's own copies, made last: nothing above can fail after them.
     const fds: Fd[] = [];
     u.defer(() => fds.forEach((fd) => sys.close(fd)));
     for (const fd of out.fds) fds.push(sys.dup(fd));
-    const ticket: ThreadTicket = { protocol: PROTOCOL, version: PROTOCOL_VERSION, container: granted.wire, devices, buffers, windows, fds };
+    const claim = new Int32Array(new SharedArrayBuffer(4));
+    const ticket: ThreadTicket = {
+      protocol: PROTOCOL,
+      version: PROTOCOL_VERSION,
+      claim,
+      container: granted.wire,
+      devices,
+      buffers,
+      windows,
+      fds,
+    };
     return new ThreadLease(lease, ticket, (fd) => sys.close(fd));
   });
 }
@@ -174,6 +235,7 @@ export class ThreadBorrow implements Disposable {
   /** @internal Made by adoptFromThread. */
   constructor(
     private readonly borrower: Borrower,
+    private readonly claim: Int32Array,
     /** The borrowed container: maps and unmaps in the lender's IOMMU space, inside the lent window. */
     readonly container: Container,
     /** The lent devices, open here, by address. */
@@ -196,9 +258,18 @@ export class ThreadBorrow implements Disposable {
     return b;
   }
 
-  /** Closes everything adopted (devices, buffers, the container's fds). Idempotent. */
+  /**
+   * Closes everything adopted (devices, buffers, the container's fds), and
+   * tells the lender so (its ThreadLease.end() may then clear the window).
+   * Idempotent.
+   * @throws VfioError the first error of that teardown (each step still runs).
+   */
   close(): void {
-    this.borrower.close();
+    try {
+      this.borrower.close();
+    } finally {
+      Atomics.compareExchange(this.claim, 0, ADOPTED, CLOSED);
+    }
   }
 
   [Symbol.dispose](): void {
@@ -206,59 +277,121 @@ export class ThreadBorrow implements Disposable {
   }
 }
 
+/** A ticket checked whole: its claim word, its fds, and every grant decoded (no fd taken yet). */
+interface CheckedTicket {
+  readonly claim: Int32Array;
+  readonly fds: FdSlots;
+  readonly container: ContainerGrant;
+  readonly devices: readonly DeviceGrant[];
+  readonly windows: readonly WindowGrant[];
+  readonly buffers: readonly BufferGrant[];
+}
+
+/**
+ * Checks every field of a ticket; takes no fd (the FdSlots it returns closes
+ * nothing until the caller calls closeRest, which it does only once the
+ * ticket is claimed).
+ * @throws VfioError EPROTONOSUPPORT another version; EPROTO anything else wrong.
+ */
+function checkTicket(ticket: unknown, pageSize: number, close: (fd: Fd) => void): CheckedTicket {
+  const t = obj(ticket, 'ticket');
+  if (t['protocol'] !== PROTOCOL) throw protocolError('not a vfio-share ticket');
+  if (t['version'] !== PROTOCOL_VERSION) {
+    throw usageError(
+      'EPROTONOSUPPORT',
+      `a vfio-share ticket of version ${String(t['version'])}, this thread speaks version ${PROTOCOL_VERSION}`,
+    );
+  }
+  const claim = t['claim'];
+  if (!(claim instanceof Int32Array) || !(claim.buffer instanceof SharedArrayBuffer) || claim.length !== 1) {
+    throw protocolError('ticket.claim is not the shared claim word lendToThread makes');
+  }
+  const seen = new Set<number>();
+  const numbers = arr(t, 'fds', 'ticket').map((fd, i) => {
+    if (typeof fd !== 'number' || !Number.isSafeInteger(fd) || fd < 0 || fd > 0x7fffffff)
+      throw protocolError(`ticket.fds[${i}] is not an fd`);
+    if (seen.has(fd)) throw protocolError(`ticket.fds lists fd ${fd} twice`);
+    seen.add(fd);
+    return fd;
+  });
+  const fds = new FdSlots(numbers, close);
+  const container = decodeContainer(t['container'], fds);
+  const devices = arr(t, 'devices', 'ticket').map((d) => decodeDevice(d, fds, container.mode));
+  const windows = arr(t, 'windows', 'ticket').map((w) => decodeWindow(w));
+  const names = new Set<string>();
+  const buffers = arr(t, 'buffers', 'ticket').map((b) => {
+    const g = decodeBuffer(b, fds, pageSize);
+    if (names.has(g.name)) throw protocolError(`ticket lends buffer "${g.name}" twice`);
+    names.add(g.name);
+    return g;
+  });
+  return { claim, fds, container, devices, windows, buffers };
+}
+
 /**
  * Builds this thread's handles from a ticket another thread made with
- * lendToThread (and posted here). Takes over every fd in it, even when it
- * fails (they are then closed).
+ * lendToThread (and posted here). The ticket is checked whole first: a
+ * malformed one is refused with no fd touched. Then it is claimed (once
+ * only, across threads) and every fd in it is this thread's: owned by the
+ * handles returned, or closed when adoption fails.
  * @throws VfioError EPROTONOSUPPORT a ticket of another protocol version;
- *   EPROTO not a well-formed ticket; ECLOSED `v` is closed; any errno of
- *   mapping a buffer.
+ *   EPROTO not a well-formed ticket; EALREADY the ticket was already adopted
+ *   (or taken back by its lender); EINVAL `v` is not a Vfio context;
+ *   ECLOSED `v` is closed; any errno of mapping a buffer.
  */
 export function adoptFromThread(v: Vfio, ticket: unknown): ThreadBorrow {
-  const t = obj(ticket, 'ticket');
+  if (!(v instanceof Vfio)) throw usageError('EINVAL', 'adoptFromThread needs the Vfio context of this thread');
+  if (v.closed) throw closedError('the Vfio context');
   const sys = v.kernel;
-  const fds = new FdSlots(
-    arr(t, 'fds', 'ticket').map((fd, i) => {
-      if (typeof fd !== 'number' || !Number.isSafeInteger(fd) || fd < 0) throw protocolError(`ticket.fds[${i}] is not an fd`);
-      return fd;
-    }),
-    (fd) => sys.close(fd),
-  );
+  const checked = checkTicket(ticket, sys.pageSize(), (fd) => sys.close(fd));
+  if (Atomics.compareExchange(checked.claim, 0, UNCLAIMED, ADOPTED) !== UNCLAIMED) {
+    throw usageError(
+      'EALREADY',
+      'this vfio-share ticket was already adopted (or taken back by its lender): a ticket is good for one adoption',
+    );
+  }
+  const { fds } = checked;
   try {
-    if (t['protocol'] !== PROTOCOL) throw protocolError('not a vfio-share ticket');
-    if (t['version'] !== PROTOCOL_VERSION) {
-      throw usageError(
-        'EPROTONOSUPPORT',
-        `a vfio-share ticket of version ${String(t['version'])}, this thread speaks version ${PROTOCOL_VERSION}`,
-      );
-    }
-    if (v.closed) throw closedError('the Vfio context');
     const borrower = new Borrower(v, 'the thread that lent it');
     try {
-      const grant = decodeContainer(t['container'], fds);
-      const container = borrower.adoptContainer(0, grant, fds);
+      const container = borrower.adoptContainer(0, checked.container, fds);
       const devices = new Map<string, Device>();
-      for (const d of arr(t, 'devices', 'ticket')) {
-        const dev = borrower.adoptDevice(0, decodeDevice(d, fds, grant.mode), fds, () => undefined);
+      for (const d of checked.devices) {
+        const dev = borrower.adoptDevice(0, d, fds, () => undefined);
         devices.set(dev.address, dev);
       }
-      for (const w of arr(t, 'windows', 'ticket')) borrower.adoptWindow(0, decodeWindow(w));
+      for (const w of checked.windows) borrower.adoptWindow(0, w);
       const buffers = new Map<string, DmaBuffer>();
-      for (const b of arr(t, 'buffers', 'ticket')) {
-        const g = decodeBuffer(b, fds, container.kernelEnv.pageSize);
-        if (buffers.has(g.name)) throw protocolError(`ticket lends buffer "${g.name}" twice`);
-        buffers.set(g.name, borrower.adoptBuffer(0, g, fds));
-      }
-      return new ThreadBorrow(borrower, container, devices, buffers);
+      for (const b of checked.buffers) buffers.set(b.name, borrower.adoptBuffer(0, b, fds));
+      return new ThreadBorrow(borrower, checked.claim, container, devices, buffers);
     } catch (err) {
       try {
         borrower.close();
       } catch {
         // The adoption error is the one to report.
       }
+      // Nothing of the ticket is held any more: the lender may end the lease.
+      Atomics.store(checked.claim, 0, CLOSED);
       throw err;
     }
   } finally {
     fds.closeRest();
   }
+}
+
+/** lendToThread's `iova` option, checked: a positive integer size, bigint limit and alignment. */
+function windowRequest(iova: unknown): { size: bigint; opts: { dmaLimit?: bigint; align?: bigint } } {
+  if (typeof iova !== 'object' || iova === null) throw usageError('EINVAL', 'lendToThread iova must be { size, dmaLimit?, align? }');
+  const o = iova as Record<string, unknown>;
+  const size = o['size'];
+  const ok = typeof size === 'bigint' ? size > 0n : typeof size === 'number' && Number.isSafeInteger(size) && size > 0;
+  if (!ok) throw usageError('EINVAL', `lendToThread iova.size ${String(size)} is not a positive integer`);
+  const opts: { dmaLimit?: bigint; align?: bigint } = {};
+  for (const key of ['dmaLimit', 'align'] as const) {
+    const v = o[key];
+    if (v === undefined) continue;
+    if (typeof v !== 'bigint' || v <= 0n) throw usageError('EINVAL', `lendToThread iova.${key} must be a positive bigint`);
+    opts[key] = v;
+  }
+  return { size: BigInt(size as number | bigint), opts };
 }

@@ -60,8 +60,9 @@ export class UnixNamespace {
     if (sock.state !== 'new') fail('EINVAL', 'the socket is already bound or connected');
     if (existsSync(path) || this.bound.has(path)) fail('EADDRINUSE', `${path} exists`);
     if (!existsSync(dirname(path))) fail('ENOENT', `no directory ${dirname(path)}`);
-    // The kernel makes a socket inode; a plain file stands for it here.
-    writeFileSync(path, '', { flag: 'wx', mode: 0o777 & ~0o022 });
+    // The kernel makes a socket inode, mode 0777 less the process umask; a
+    // plain file stands for it here (writeFileSync applies the umask too).
+    writeFileSync(path, '', { flag: 'wx', mode: 0o777 });
     this.bound.set(path, sock);
     sock.credentials = creds;
     sock.bindTo(() => {

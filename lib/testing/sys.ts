@@ -510,7 +510,9 @@ export class FakeSys implements Sys {
 
   bind(fd: Fd, path: string): void {
     const resolved = this.k.resolvePath(path);
-    this.enter('bind', { fd, path: resolved, kind: 'socket' }, () => this.k.unixNamespace.bind(this.socketOf(fd), resolved, this.k.credentials()));
+    this.enter('bind', { fd, path: resolved, kind: 'socket' }, () =>
+      this.k.unixNamespace.bind(this.socketOf(fd), resolved, this.k.credentials()),
+    );
   }
 
   listen(fd: Fd, backlog: number): void {

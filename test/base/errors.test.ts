@@ -11,6 +11,9 @@ t.test('errno names and numbers agree with Node', async (t) => {
   t.equal(errnoName(77), 'EBADFD', 'Linux-only');
   t.equal(errnoOf('EBADFD'), 77);
   t.throws(() => errnoOf('ENOTANERRNO'), TypeError);
+  for (const name of ['toString', '__proto__', 'constructor', 'hasOwnProperty']) {
+    t.throws(() => errnoOf(name), TypeError, `${name}: an Object.prototype member is no errno`);
+  }
 });
 
 t.test('a system error reads like Node’s', async (t) => {
