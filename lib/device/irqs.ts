@@ -22,6 +22,7 @@
 //   the eventfd, on the event-loop path) until its set is disabled.
 import { CountQueue } from '../base/count-queue.js';
 import { usageError, VfioError } from '../base/errors.js';
+import { validateInteger, validateOneOf, validateOptions } from '../base/validate.js';
 import { readEventfdCount } from '../libc/eventfd-poller.js';
 import { EFD_CLOEXEC, EFD_NONBLOCK, type EventfdWatcher, type Fd } from '../libc/sys.js';
 import { elementOffset, fieldRef, getField, setField } from '../uapi/codec.js';
@@ -56,6 +57,7 @@ export const IRQ_INDEX: Readonly<Record<IrqKind, number>> = {
   req: VFIO_PCI_REQ_IRQ_INDEX,
 };
 
+const IRQ_KINDS: readonly IrqKind[] = Object.keys(IRQ_INDEX) as IrqKind[];
 const LABEL: Readonly<Record<IrqKind, string>> = { intx: 'INTx', msi: 'MSI', msix: 'MSI-X', err: 'ERR', req: 'REQ' };
 
 /** INTx, MSI and MSI-X exclude each other in vfio-pci; ERR and REQ are independent. */
@@ -566,9 +568,9 @@ export class Irqs implements Disposable {
    */
   info(kind: IrqKind): IrqInfo {
     this.#assertOpen();
+    // Checked against the list, not by indexing IRQ_INDEX: 'toString' must not find Object.prototype's.
+    validateOneOf(kind, 'interrupt kind', IRQ_KINDS, { device: this.#h.address });
     const index = IRQ_INDEX[kind];
-    if (index === undefined)
-      throw usageError('EINVAL', `unknown interrupt kind ${String(kind)} (intx, msi, msix, err, req)`, { device: this.#h.address });
     const cached = this.#info.get(kind);
     if (cached !== undefined) return cached;
     if (index >= this.#h.info().numIrqs) {
@@ -624,12 +626,16 @@ export class Irqs implements Disposable {
    */
   enable(kind: IrqKind, opts: number | EnableOptions = {}): IrqSet {
     const info = this.info(kind);
-    const { start = 0, count = 1 } = typeof opts === 'number' ? { count: opts } : opts;
     const h = this.#h;
+    const where = { device: h.address };
+    // A number is the count; anything else must be an options object ('2' is not a count).
+    const { start = 0, count = 1 } = typeof opts === 'number' ? { count: opts } : validateOptions(opts, 'options', where);
+    validateInteger(start, 'start', 0, Number.MAX_SAFE_INTEGER, where);
+    validateInteger(count, 'count', 0, Number.MAX_SAFE_INTEGER, where);
     const label = LABEL[kind];
     if (info.count === 0) throw usageError('ENOTSUP', `the device has no ${label} vectors`, { device: h.address });
     if (!info.eventfd) throw usageError('ENOTSUP', `${label} cannot signal an eventfd`, { device: h.address });
-    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 1 || start + count > info.count) {
+    if (count < 1 || start + count > info.count) {
       throw usageError('EINVAL', `${label} has ${info.count} vector(s) (0..${info.count - 1}): cannot enable ${count} from ${start}`, {
         device: h.address,
       });
@@ -672,6 +678,7 @@ export class Irqs implements Disposable {
 
   /** The enabled set of `kind`, or null. */
   enabled(kind: IrqKind): IrqSet | null {
+    this.#assertOpen();
     return this.#sets.get(kind) ?? null;
   }
 

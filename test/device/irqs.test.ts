@@ -424,3 +424,37 @@ t.test('take(): the pending count without waiting', async (t) => {
   io.irqs.enabled('msi')!.disable();
   t.throws(() => v.take(), { code: 'ECLOSED' });
 });
+
+t.test('hostile kinds and options are EINVAL, never a TypeError or a silent default', async (t) => {
+  const r = rig({ devices: [msixDevice(4)] });
+  t.teardown(() => r.dispose());
+  const { io } = r.open('0000:00:04.0');
+  const before = r.kernel.leaks();
+  for (const kind of ['toString', '__proto__', 'constructor', 'hasOwnProperty', 7, null, undefined]) {
+    t.throws(
+      () => io.irqs.info(kind as 'msi'),
+      { name: 'VfioError', code: 'EINVAL', message: /interrupt kind must be one of/ },
+      `info(${String(kind)})`,
+    );
+    t.throws(() => io.irqs.enable(kind as 'msi'), { name: 'VfioError', code: 'EINVAL' }, `enable(${String(kind)})`);
+  }
+  t.throws(() => io.irqs.enable('msix', '2' as unknown as number), {
+    code: 'EINVAL',
+    message: /options must be an object or undefined, got the string "2"/,
+  });
+  t.throws(() => io.irqs.enable('msix', null as unknown as number), { code: 'EINVAL' });
+  t.throws(() => io.irqs.enable('msix', { count: '2' as unknown as number }), { code: 'EINVAL', message: /count must be/ });
+  t.throws(() => io.irqs.enable('msix', { start: 1.5 }), { code: 'EINVAL', message: /start must be/ });
+  t.throws(() => io.irqs.enable('msix', 2n as unknown as number), { code: 'EINVAL' });
+  t.equal(io.irqs.enabled('msix'), null, 'nothing was enabled');
+  t.same(r.kernel.leaks(), before);
+});
+
+t.test('enabled() after close is ECLOSED, not a stale answer', async (t) => {
+  const r = rig({ devices: [msixDevice(4)] });
+  t.teardown(() => r.dispose());
+  const o = r.open('0000:00:04.0');
+  o.io.irqs.enable('msix', 2);
+  o.io.irqs.close();
+  t.throws(() => o.io.irqs.enabled('msix'), { code: 'ECLOSED' });
+});
