@@ -85,6 +85,11 @@ export function validateString(value: unknown, name: string, where: Where = NO_W
   if (typeof value !== 'string' || (nonEmpty && value === '')) fail(name, nonEmpty ? 'a non-empty string' : 'a string', value, where);
 }
 
+/** @throws VfioError EINVAL unless `value` is a Uint8Array (a Buffer is one). */
+export function validateBytes(value: unknown, name: string, where: Where = NO_WHERE): asserts value is Uint8Array {
+  if (!(value instanceof Uint8Array)) fail(name, 'a Uint8Array', value, where);
+}
+
 /** @throws VfioError EINVAL unless `value` is true or false. */
 export function validateBoolean(value: unknown, name: string, where: Where = NO_WHERE): asserts value is boolean {
   if (typeof value !== 'boolean') fail(name, 'true or false', value, where);

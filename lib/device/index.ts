@@ -100,10 +100,15 @@ export class DeviceIo implements Disposable {
 
   /**
    * Unmaps every region, disables every interrupt and closes its eventfds.
-   * Idempotent. Errors: the first failure, after everything was released.
+   * Idempotent, except that a region whose munmap failed stays listed and a
+   * later close() retries it (the mapping is still there).
+   * Errors: the first failure, after everything was released.
    */
   close(): void {
-    if (this.#closed) return;
+    if (this.#closed) {
+      for (const r of [...this.#regions]) r.close();
+      return;
+    }
     this.#closed = true;
     let first: unknown;
     const attempt = (fn: () => void): void => {
@@ -113,8 +118,8 @@ export class DeviceIo implements Disposable {
         first ??= err;
       }
     };
+    // Each region leaves #regions (#untrack) once all its mappings are gone.
     for (const r of [...this.#regions]) attempt(() => r.close());
-    this.#regions.clear();
     if (this.#irqs !== null) {
       const irqs = this.#irqs;
       attempt(() => irqs.close());

@@ -27,6 +27,7 @@
 // - Leaks nothing: a failing mmap unmaps the mappings made before it.
 import { endianness } from 'node:os';
 import { usageError, VfioError } from '../base/errors.js';
+import { validateBigInt, validateBytes, validateInteger, validateOptions, validateSpan, type Where } from '../base/validate.js';
 import { MAP_SHARED, PROT_READ, PROT_WRITE } from '../libc/sys.js';
 import { resourceClosed, type DeviceHandle } from './handle.js';
 import type { RegionArea, RegionInfo } from './region-info.js';
@@ -192,9 +193,13 @@ export class Region implements Disposable {
   /** The one mapping covering the whole range, when there is one (#at's shortcut). */
   #whole: MappedSegment | null;
   #closed = false;
+  /** Mappings close() has still to unmap: all of them once closed, then those whose munmap failed. */
+  #unmapping: { addr: bigint; length: number }[] = [];
   readonly #onClose: ((r: Region) => void) | undefined;
   /** 8-byte bounce buffer for pread/pwrite accesses (host memory). */
   readonly #scratch = Buffer.alloc(8);
+  /** The device, for argument errors (made once: #at runs on every general-path access). */
+  readonly #where: Where;
 
   /** Only for MappedRegion: openRegion builds every Region. */
   protected constructor(
@@ -206,6 +211,7 @@ export class Region implements Disposable {
     onClose: ((r: Region) => void) | undefined,
   ) {
     this.#h = h;
+    this.#where = { device: h.address };
     this.info = info;
     this.offset = offset;
     this.size = size;
@@ -292,6 +298,7 @@ export class Region implements Disposable {
    * middle, 16/8-bit stores for an unaligned head or tail.
    */
   copyIn(offset: number, src: Uint8Array): void {
+    validateBytes(src, 'src', this.#where);
     this.#span(offset, src.byteLength, true);
     const host = new DataView(src.buffer, src.byteOffset, src.byteLength);
     this.#bulk(offset, src.byteLength, (s, at, i, n) => {
@@ -314,8 +321,10 @@ export class Region implements Disposable {
   copyOut(offset: number, length: number): Uint8Array;
   copyOut(offset: number, into: Uint8Array): Uint8Array;
   copyOut(offset: number, lengthOrInto: number | Uint8Array): Uint8Array {
-    const dst = typeof lengthOrInto === 'number' ? this.#newBuffer(lengthOrInto) : lengthOrInto;
-    this.#span(offset, dst.byteLength, false);
+    if (typeof lengthOrInto !== 'number') validateBytes(lengthOrInto, 'into', this.#where);
+    // Bounds before allocating: copyOut(0, 2 ** 31) must not make 2 GiB first.
+    this.#span(offset, typeof lengthOrInto === 'number' ? lengthOrInto : lengthOrInto.byteLength, false);
+    const dst = typeof lengthOrInto === 'number' ? new Uint8Array(lengthOrInto) : lengthOrInto;
     const host = new DataView(dst.buffer, dst.byteOffset, dst.byteLength);
     this.#bulk(offset, dst.byteLength, (s, at, i, n) => {
       if (s.kind === 'rw') return this.#rwBulk(at, dst.subarray(i, i + n), false);
@@ -379,26 +388,34 @@ export class Region implements Disposable {
   // --- lifetime ----------------------------------------------------------------
 
   /**
-   * Unmaps the range. Afterwards every accessor throws ECLOSED. Idempotent.
-   * Errors: the first munmap failure, after every mapping was attempted.
+   * Unmaps the range. Afterwards every accessor throws ECLOSED. Idempotent
+   * once it has succeeded; after a failed munmap the mapping is still there
+   * (Linux leaves it), so calling close() again retries the mappings that
+   * are left, and the region counts as gone (onClose) only when none is.
+   * @throws VfioError the first munmap failure, after every mapping was attempted.
    */
   close(): void {
-    if (this.#closed) return;
+    if (this.#closed && this.#unmapping.length === 0) return;
     // Guard first: from here on no accessor reaches the memory (MappedRegion
     // has emptied its fast views before calling this).
-    this.#closed = true;
-    this.#whole = null;
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#whole = null;
+      for (const s of this.#segments) if (s.kind === 'mmap') this.#unmapping.push({ addr: s.addr, length: s.length });
+      for (const s of this.#segments) if (s.kind === 'mmap') Object.assign(s, EMPTY);
+    }
     let first: unknown;
-    for (const s of this.#segments) {
-      if (s.kind !== 'mmap') continue;
-      Object.assign(s, EMPTY);
+    const left: { addr: bigint; length: number }[] = [];
+    for (const m of this.#unmapping) {
       try {
-        this.#h.sys.munmap(s.addr, s.length);
+        this.#h.sys.munmap(m.addr, m.length);
       } catch (err) {
+        left.push(m);
         first ??= err instanceof VfioError ? err.annotate({ device: this.#h.address, detail: `unmapping ${this.info.name}` }) : err;
       }
     }
-    this.#onClose?.(this);
+    this.#unmapping = left;
+    if (left.length === 0) this.#onClose?.(this);
     if (first !== undefined) throw first;
   }
 
@@ -431,10 +448,9 @@ export class Region implements Disposable {
     if (this.#closed) throw resourceClosed(this.#h, `${this.info.name} mapping`);
     // A store to a PROT_READ mapping would be SIGSEGV: refuse it here.
     if (write ? !this.info.writable : !this.info.readable) this.#denied(write);
-    if (!Number.isInteger(offset) || offset < 0 || offset + width > this.size) {
-      throw usageError('EINVAL', `offset ${offset} + ${width} is outside the ${this.size}-byte range of ${this.info.name}`, {
-        device: this.#h.address,
-      });
+    validateInteger(offset, 'offset', 0, Number.MAX_SAFE_INTEGER, this.#where);
+    if (offset + width > this.size) {
+      throw usageError('EINVAL', `offset ${offset} + ${width} is outside the ${this.size}-byte range of ${this.info.name}`, this.#where);
     }
     if (offset % width !== 0) {
       throw usageError('EINVAL', `offset 0x${offset.toString(16)} is not ${width}-byte aligned`, { device: this.#h.address });
@@ -455,16 +471,7 @@ export class Region implements Disposable {
   #span(offset: number, length: number, write: boolean | null): void {
     if (this.#closed) throw resourceClosed(this.#h, `${this.info.name} mapping`);
     if (write !== null && (write ? !this.info.writable : !this.info.readable)) this.#denied(write);
-    if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw usageError('EINVAL', `[${offset}, ${offset}+${length}) is outside the ${this.size}-byte range of ${this.info.name}`, {
-        device: this.#h.address,
-      });
-    }
-  }
-
-  #newBuffer(length: number): Uint8Array {
-    if (!Number.isSafeInteger(length) || length < 0) throw usageError('EINVAL', `bad length ${length}`, { device: this.#h.address });
-    return new Uint8Array(length);
+    validateSpan(offset, length, this.size, `range of ${this.info.name}`, this.#where);
   }
 
   /** Splits [offset, offset+length) at segment boundaries: fn(segment, rangeOffset, srcIndex, bytes). */
@@ -481,16 +488,17 @@ export class Region implements Disposable {
   }
 
   #value(v: number, bits: 8 | 16 | 32): number {
-    if (!Number.isInteger(v) || v < 0 || v >= 2 ** bits) {
-      throw usageError('EINVAL', `value ${v} does not fit ${bits} bits`, { device: this.#h.address });
-    }
+    validateInteger(v, 'value', 0, 2 ** bits - 1, this.#where);
     return v;
   }
 
   #value64(v: bigint | number): bigint {
-    const b = typeof v === 'bigint' ? v : Number.isSafeInteger(v) ? BigInt(v) : -1n;
-    if (b < 0n || b >= 1n << 64n) throw usageError('EINVAL', `value ${v} does not fit 64 bits`, { device: this.#h.address });
-    return b;
+    if (typeof v === 'number') {
+      validateInteger(v, 'value', 0, Number.MAX_SAFE_INTEGER, this.#where);
+      return BigInt(v);
+    }
+    validateBigInt(v, 'value', 0n, (1n << 64n) - 1n, this.#where);
+    return v;
   }
 
   #pread(offset: number, width: 1 | 2 | 4): number {
@@ -681,14 +689,17 @@ class MappedRegion extends Region {
 export function openRegion(h: DeviceHandle, info: RegionInfo, opts: OpenRegionOptions = {}, onClose?: (r: Region) => void): Region {
   h.assertOpen();
   if (info.size === 0) throw usageError('ENOENT', `${info.name} is not implemented by the device (size 0)`, { device: h.address });
-  const lo = opts.offset ?? 0;
-  if (!Number.isSafeInteger(lo) || lo < 0 || lo >= info.size || lo % 8 !== 0) {
+  const where = { device: h.address };
+  const { offset: lo = 0, size: wanted } = validateOptions(opts, 'options', where);
+  validateInteger(lo, 'offset', 0, Number.MAX_SAFE_INTEGER, where);
+  if (lo >= info.size || lo % 8 !== 0) {
     throw usageError('EINVAL', `range offset ${lo} must be a multiple of 8 inside the ${info.size}-byte ${info.name}`, {
       device: h.address,
     });
   }
-  const size = opts.size ?? info.size - lo;
-  if (!Number.isSafeInteger(size) || size <= 0 || lo + size > info.size) {
+  const size = wanted ?? info.size - lo;
+  validateInteger(size, 'size', 1, Number.MAX_SAFE_INTEGER, where);
+  if (lo + size > info.size) {
     throw usageError('EINVAL', `range [${lo}, ${lo}+${size}) is outside the ${info.size}-byte ${info.name}`, { device: h.address });
   }
   if (!info.readable && !info.writable) throw usageError('EACCES', `${info.name} is neither readable nor writable`, { device: h.address });

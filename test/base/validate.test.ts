@@ -5,6 +5,7 @@ import {
   ownEntry,
   validateBigInt,
   validateBoolean,
+  validateBytes,
   validateFunction,
   validateInteger,
   validateOneOf,
@@ -121,6 +122,13 @@ t.test('strings, booleans, functions, choices', async (t) => {
     einval(t, () => validateString(123, 'path')),
     'path must be a string, got 123',
   );
+  validateBytes(new Uint8Array(1), 'src');
+  validateBytes(Buffer.alloc(1), 'src');
+  t.equal(
+    einval(t, () => validateBytes(null, 'src')),
+    'src must be a Uint8Array, got null',
+  );
+  einval(t, () => validateBytes(new Uint16Array(1), 'src'));
   validateBoolean(false, 'b');
   t.equal(
     einval(t, () => validateBoolean(1, 'shareable')),

@@ -387,3 +387,64 @@ t.test('every width on a BAR that starts mapped: the leading mapping, the pread/
   for (const call of [() => bar.read8(0), () => bar.read64(0), () => bar.write16(0, 0), () => bar.write64(2 * PAGE, 0n)])
     t.throws(call, { code: 'ECLOSED' });
 });
+
+t.test('argument errors are EINVAL worded for the argument; copyOut checks bounds before allocating', async (t) => {
+  const r = rig();
+  t.teardown(() => r.dispose());
+  const { io, handle } = r.open();
+  const bar = io.mapBar(0);
+  const before = r.kernel.leaks();
+  t.throws(() => bar.read32('4' as unknown as number), {
+    name: 'VfioError',
+    code: 'EINVAL',
+    message: /offset must be a non-negative integer, got the string "4"/,
+  });
+  t.throws(() => bar.read32(1 << 20), { code: 'EINVAL', message: /outside the 1048576-byte range/ });
+  t.throws(() => bar.write32(0, '1' as unknown as number), { code: 'EINVAL', message: /value must be an integer from 0 to 4294967295/ });
+  t.throws(() => bar.write64(0, -1n), { code: 'EINVAL', message: /value must be a bigint/ });
+  t.throws(() => bar.write64(0, 'x' as unknown as bigint), { code: 'EINVAL' });
+  t.throws(() => bar.copyIn(0, null as unknown as Uint8Array), {
+    name: 'VfioError',
+    code: 'EINVAL',
+    message: /src must be a Uint8Array, got null/,
+  });
+  t.throws(() => bar.copyIn(0, 'abc' as unknown as Uint8Array), { code: 'EINVAL' });
+  t.throws(() => bar.copyOut(0, 2 ** 40), { name: 'VfioError', code: 'EINVAL', message: /outside the 1048576-byte range/ });
+  t.throws(() => bar.copyOut(0, null as unknown as number), { code: 'EINVAL', message: /into must be a Uint8Array/ });
+  // 2 GiB would be allocated (or fail with a RangeError) before the bounds check.
+  const heap = process.memoryUsage().arrayBuffers;
+  t.throws(() => bar.copyOut(0, 2 ** 31), { code: 'EINVAL' });
+  t.ok(process.memoryUsage().arrayBuffers - heap < 2 ** 30, 'nothing near 2 GiB was allocated');
+  t.throws(() => io.mapRegion(7, null as unknown as {}), { code: 'EINVAL', message: /options must be an object/ });
+  t.throws(() => io.mapRegion(7, { offset: '8' as unknown as number }), { code: 'EINVAL', message: /offset must be/ });
+  t.throws(() => io.mapRegion(7, { size: 0 }), { code: 'EINVAL', message: /size must be a positive integer/ });
+  t.same(r.kernel.leaks(), before, 'no mapping was made by a refused call');
+  t.equal(bar.read32(0) >>> 0, bar.read32(0) >>> 0, 'the region still works');
+  void handle;
+});
+
+t.test('Region.close retries a failed munmap: the mapping is not lost', async (t) => {
+  const r = rig();
+  t.teardown(() => r.dispose());
+  const { io } = r.open();
+  const before = r.kernel.leaks();
+  const bar = io.mapBar(0);
+  const mapped = r.kernel.leaks().mappings;
+  t.ok(mapped > before.mappings, 'BAR 0 is mapped');
+  const rule = r.kernel.failWhen({ syscall: 'munmap' }, 'ENOMEM', { times: 1 });
+  t.throws(() => bar.close(), { code: 'ENOMEM' });
+  t.equal(rule.hits, 1);
+  t.equal(r.kernel.leaks().mappings, mapped, 'a failed munmap leaves the mapping (as Linux does)');
+  t.throws(() => bar.read32(0), { code: 'ECLOSED' }, 'the region is closed to its users all the same');
+  bar.close();
+  t.equal(r.kernel.leaks().mappings, before.mappings, 'the second close unmapped it');
+  bar.close();
+  // Through the device: a failed region stays listed and the next close retries it.
+  const bar2 = io.mapBar(0);
+  r.kernel.failWhen({ syscall: 'munmap' }, 'ENOMEM', { times: 1 });
+  t.throws(() => io.close(), { code: 'ENOMEM' });
+  t.equal(r.kernel.leaks().mappings, mapped);
+  io.close();
+  t.equal(r.kernel.leaks().mappings, before.mappings, 'DeviceIo.close retried the region');
+  t.ok(bar2.closed);
+});
