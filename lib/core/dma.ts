@@ -32,6 +32,7 @@
 // hold it: a holder that could truncate it would make the next touch of
 // every mapping of it, ours included, a SIGBUS (which kills the process).
 import { closedError, usageError, VfioError } from '../base/errors.js';
+import { validateInteger, validateOptions } from '../base/validate.js';
 import {
   MAP_ANONYMOUS,
   MAP_HUGETLB,
@@ -242,9 +243,8 @@ export class DmaBuffer implements Disposable {
   iovaAt(offset: number): bigint {
     this.checkLive();
     if (this.iovaSlot === null) throw usageError('EINVAL', 'the DMA buffer is not mapped (call map())');
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset >= this.size) {
-      throw usageError('EINVAL', `offset ${offset} is outside the ${this.size}-byte DMA buffer`);
-    }
+    validateInteger(offset, 'offset');
+    if (offset >= this.size) throw usageError('EINVAL', `offset ${offset} is outside the ${this.size}-byte DMA buffer`);
     const pages = this.pagesSlot;
     if (pages === null) return this.iovaSlot + BigInt(offset);
     return pages[Math.floor(offset / this.pageBytes)]! + BigInt(offset % this.pageBytes);
@@ -279,7 +279,7 @@ export class DmaBuffer implements Disposable {
   map(opts: DmaMapOptions = NO_OPTIONS): bigint {
     this.checkLive();
     if (this.iovaSlot !== null) throw usageError('EEXIST', `the DMA buffer is already mapped at 0x${this.iovaSlot.toString(16)}`);
-    return this.owner.mapBuffer(this, opts);
+    return this.owner.mapBuffer(this, validateOptions(opts));
   }
 
   /**
@@ -350,7 +350,7 @@ export class DmaBuffer implements Disposable {
 }
 
 function checkSize(size: number): void {
-  if (!Number.isSafeInteger(size) || size <= 0) throw usageError('EINVAL', `DMA buffer size ${size} is not a positive integer`);
+  validateInteger(size, 'DMA buffer size', 1);
 }
 
 /** True for the answer the kernel gives when no huge page is free (or none is configured). */

@@ -46,6 +46,26 @@ t.test('EINVAL: bad addresses and options, before any system call', async (t) =>
   throwsCode(t, () => c.allocDma(4096, { iova: 0xfee00000n }), 'EINVAL', 'IOVA in the reserved MSI window');
   throwsCode(t, () => c.allocDma(4096, { iova: 1n << 50n }), 'EINVAL', 'IOVA beyond the aperture');
   throwsCode(t, () => c.allocDma(4096, { iova: 4096 as never }), 'EINVAL', 'IOVA not a bigint');
+  const held = kernel.leaks();
+  throwsCode(t, () => c.allocDma(4096, null as never), 'EINVAL', 'null options');
+  throwsCode(t, () => c.allocDma(4096, 'x' as never), 'EINVAL', 'string options');
+  throwsCode(t, () => c.allocDma('4096' as never), 'EINVAL', 'string size');
+  throwsCode(t, () => c.allocDma(4096, { shareable: 'yes' as never }), 'EINVAL', 'shareable not a boolean');
+  throwsCode(t, () => c.allocDma(4096, { iova: 0x10000000n, dmaLimit: 0x10000000n }), 'EINVAL', 'explicit IOVA at the DMA limit');
+  throwsCode(
+    t,
+    () => c.allocDma(8192, { iova: 0x0fffe000n + 4096n, dmaLimit: 0x10000000n }),
+    'EINVAL',
+    'explicit IOVA whose end passes the limit',
+  );
+  throwsCode(t, () => c.allocDma(4096, { iova: 0x10001000n, align: 0x10000n }), 'EINVAL', 'explicit IOVA not on the asked alignment');
+  t.same(kernel.leaks(), held, 'the refused allocations left nothing');
+  const below = c.allocDma(4096, { iova: 0x0ffff000n, dmaLimit: 0x10000000n });
+  t.equal(below.iova, 0x0ffff000n, 'an explicit IOVA under the limit is taken');
+  below.unmap();
+  throwsCode(t, () => below.map(null as never), 'EINVAL', 'map(null)');
+  throwsCode(t, () => below.iovaAt('1' as never), 'EINVAL', 'iovaAt a string');
+  below.free();
   dev.release();
   vfio.close();
   t.same(kernel.leaks(), NO_LEAKS);

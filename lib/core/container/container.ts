@@ -47,6 +47,7 @@ import {
 import { Device, readDeviceInfo, type DeviceInfo } from '../device.js';
 import { IovaAllocator, type IovaRange } from '../iova-allocator.js';
 import { closedError, usageError, VfioError } from '../../base/errors.js';
+import { validateBigInt, validateBoolean, validateOptions } from '../../base/validate.js';
 import type { Fd, Sys } from '../../libc/sys.js';
 import type { VfioMode } from '../../host/mode.js';
 import type { Roots } from '../../host/paths.js';
@@ -139,11 +140,6 @@ let nextContainerId = 1;
 function mappingOf(buf: DmaBuffer): Mapping | null {
   // The cast holds: only Container.mapWith records on a buffer, and it records a Mapping.
   return buf.mappingRecord as Mapping | null;
-}
-
-/** A DMA option that must be a non-negative bigint when given. */
-function checkBigOption(name: string, v: unknown): void {
-  if (v !== undefined && (typeof v !== 'bigint' || v < 0n)) throw usageError('EINVAL', `${name} must be a non-negative bigint`);
 }
 
 export class Container implements Disposable, DmaOwner {
@@ -362,9 +358,12 @@ export class Container implements Disposable, DmaOwner {
    *   container is closed; any errno of the map ioctl. Nothing is left
    *   allocated or mapped after a failure.
    */
-  allocDma(size: number, opts: DmaAllocOptions = {}): DmaBuffer {
+  allocDma(size: number, options?: DmaAllocOptions): DmaBuffer {
     this.checkOpen();
+    const opts = validateOptions(options);
     this.checkMapOptions(opts);
+    if (opts.shareable !== undefined) validateBoolean(opts.shareable, 'shareable');
+    if (opts.hugepages !== undefined) validateBoolean(opts.hugepages, 'hugepages');
     const mem = allocLockedMemory(this.env.sys, size, this.env.pageSize, {
       shared: opts.shareable === true ? `vfio-dma ${this.label}` : undefined,
       hugepages: opts.hugepages,
@@ -456,6 +455,18 @@ export class Container implements Disposable, DmaOwner {
     this.checkOpen();
     this.checkMapOptions(opts);
     const size = buf.sizeBig;
+    if (opts.iova !== undefined) {
+      // An explicit IOVA is taken as given, so the other options are checked against it here.
+      if (opts.dmaLimit !== undefined && opts.iova + size > opts.dmaLimit) {
+        throw usageError(
+          'EINVAL',
+          `iova 0x${opts.iova.toString(16)} + ${size} bytes reaches past dmaLimit 0x${opts.dmaLimit.toString(16)}`,
+        );
+      }
+      if (opts.align !== undefined && opts.iova % opts.align !== 0n) {
+        throw usageError('EINVAL', `iova 0x${opts.iova.toString(16)} is not aligned to ${opts.align}`);
+      }
+    }
     if (this.allocator === null) {
       // Identity mode: the device sees physical addresses.
       // Each page has its own physical address (buf.iovaAt); buf.iova is only
@@ -556,9 +567,9 @@ export class Container implements Disposable, DmaOwner {
   private checkMapOptions(opts: DmaMapOptions): void {
     // No option (the usual map()): nothing to check.
     if (opts.iova === undefined && opts.dmaLimit === undefined && opts.align === undefined) return;
-    checkBigOption('iova', opts.iova);
-    checkBigOption('dmaLimit', opts.dmaLimit);
-    checkBigOption('align', opts.align);
+    if (opts.iova !== undefined) validateBigInt(opts.iova, 'iova');
+    if (opts.dmaLimit !== undefined) validateBigInt(opts.dmaLimit, 'dmaLimit');
+    if (opts.align !== undefined) validateBigInt(opts.align, 'align');
     if (opts.iova !== undefined && this.backend.dmaMode === 'identity') {
       throw usageError('ENOTSUP', `${this.label} is in no-IOMMU mode: a buffer's IOVA is its physical address and cannot be chosen`);
     }
