@@ -7,6 +7,7 @@
 import { createRequire } from 'node:module';
 import { createVfio, type Vfio } from './core/context.js';
 import type { Sys } from './libc/sys.js';
+import { nativeLoadError } from './libc/load-error.js';
 
 export { createVfio, Vfio, type VfioOptions, type ContainerOptions } from './core/context.js';
 export { Container, type ContainerKernelState } from './core/container/container.js';
@@ -96,7 +97,13 @@ function loadKoffiSys(): Sys {
   // Synchronous on purpose: the API is synchronous, and require() of an ES
   // module without top-level await is supported from Node 20.19.
   const require = createRequire(import.meta.url);
-  return (require('./libc/koffi-sys.js') as { koffiSys: Sys }).koffiSys;
+  try {
+    return (require('./libc/koffi-sys.js') as { koffiSys: Sys }).koffiSys;
+  } catch (err) {
+    // A plain Error here (EMFILE, a missing .node file) would break the errno
+    // contract; the next call tries the load again.
+    throw nativeLoadError(err);
+  }
 }
 
 /** The context on the real kernel: /sys, /dev, /proc, and VFIO_MODE from the environment. */

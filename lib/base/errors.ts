@@ -27,7 +27,7 @@ export interface VfioErrorInit {
  * Linux errnos that neither libuv nor os.constants.errno names (VFIO and
  * IOMMUFD do return them).
  */
-const LINUX_ONLY: Readonly<Record<string, number>> = { EBADFD: 77, ENOTSUPP: 524 };
+const LINUX_ONLY: Readonly<Record<string, number>> = { EBADFD: 77, ELIBACC: 79, ENOTSUPP: 524 };
 
 /** Positive errno number for a symbolic name (`'EINVAL'` → 22). */
 export function errnoOf(code: string): number {
