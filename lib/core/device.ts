@@ -175,8 +175,10 @@ export class Device implements Disposable, DeviceHandle {
    * @internal For a hot reset (group and no-IOMMU modes): the fd of IOMMU
    * group `groupId` when a container of this context holds it, else null;
    * always null in cdev mode.
+   * @throws VfioError ECLOSED after release.
    */
   groupFd(groupId: number): Fd | null {
+    if (this.fdSlot === null) throw closedError('device', { device: this.address });
     return this.container.groupFd(groupId);
   }
 

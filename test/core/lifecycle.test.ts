@@ -156,3 +156,34 @@ t.test('the public entry point', async (t) => {
     { code: 'EINVAL' },
   );
 });
+
+t.test('after close, state getters are ECLOSED rather than stale answers', async (t) => {
+  for (const mode of MODES) {
+    const m = machine(mode);
+    t.teardown(() => m.kernel.dispose());
+    const dev = m.vfio.openDevice(EDU);
+    const c = dev.container;
+    t.same(c.devices, [EDU]);
+    t.equal(c.kernelState.mode, mode);
+    t.equal(dev.groupFd(3) === null, mode === 'cdev', `${mode}: groupFd answers while open`);
+    dev.release();
+    t.match(
+      vfioErrorOf(() => dev.groupFd(3)),
+      { code: 'ECLOSED' },
+      `${mode}: Device.groupFd after release`,
+    );
+    c.close();
+    t.match(
+      vfioErrorOf(() => c.devices),
+      { code: 'ECLOSED' },
+      `${mode}: Container.devices after close`,
+    );
+    t.match(
+      vfioErrorOf(() => c.kernelState),
+      { code: 'ECLOSED' },
+      `${mode}: Container.kernelState after close (its fds are closed)`,
+    );
+    m.vfio.close();
+    t.same(m.kernel.leaks(), NO_LEAKS);
+  }
+});

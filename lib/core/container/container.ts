@@ -209,13 +209,21 @@ export class Container implements Disposable, DmaOwner {
     return this.state === 'closed';
   }
 
-  /** Addresses of the devices assigned to this container. */
+  /**
+   * Addresses of the devices assigned to this container.
+   * @throws VfioError ECLOSED after close (a closed container holds nothing).
+   */
   get devices(): readonly string[] {
+    this.checkOpen();
     return [...this.slots.keys()];
   }
 
-  /** The kernel objects behind the container. */
+  /**
+   * The kernel objects behind the container.
+   * @throws VfioError ECLOSED after close: the fds it would list are closed (and may be reused).
+   */
   get kernelState(): ContainerKernelState {
+    this.checkOpen();
     const b = this.backend;
     if (b instanceof CdevBackend) {
       const devices = [...this.slots.values()].map((slot) => {
