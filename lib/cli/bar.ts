@@ -150,6 +150,11 @@ Examples:
       }
       return EXIT.ok;
     }
+    // Past the end is a usage error (exit 2), as --offset past the end is, and is caught before any access runs.
+    for (const a of accesses) {
+      if (a.offset + a.width / 8 > region.size)
+        throw new UsageError(`--${a.op} offset ${hex(a.offset)} is past the end of the ${region.size}-byte BAR ${barText}`);
+    }
     const lines: string[] = [];
     for (const a of accesses) {
       if (a.op === 'read') a.value = readWord(region, a.offset, a.width);

@@ -159,6 +159,8 @@ t.test('bad arguments: one line, exit 2', async (t) => {
     [['bar', EDU, '0', '--offset', '2'], '--offset 0x2 is not aligned to its 32-bit width'],
     [['bar', EDU, '0', '--offset', '0x100000'], '--offset 0x100000 is past the end of the 1048576-byte BAR 0'],
     [['bar', EDU, '0', '--read'], "Option '--read <value>' argument missing"],
+    [['bar', EDU, '0', '--read', '0x100000'], '--read offset 0x100000 is past the end of the 1048576-byte BAR 0'],
+    [['bar', EDU, '0', '--read', '0', '--write', '0x100000=1:8'], '--write offset 0x100000 is past the end of the 1048576-byte BAR 0'],
   ];
   for (const [args, message] of cases) {
     const r = m.run(...args);
@@ -178,9 +180,6 @@ t.test('runtime failures: one line, exit 1', async (t) => {
     absent.err,
     'vfio bar: ENOENT (device 0000:00:03.0: BAR 1 is not implemented (size 0; the upper half of a 64-bit BAR also reads so))\n',
   );
-  const past = m.run('bar', EDU, '0', '--read', '0x100000');
-  t.equal(past.code, 1);
-  t.match(past.err, /^vfio bar: EINVAL \(device 0000:00:03\.0: .*\)\n$/);
   t.match(m.run('bar', '0000:00:09.0', '0', '--read', '0'), { code: 1, err: /^vfio bar: ENODEV/ });
   t.same(m.kernel.leaks(), NO_LEAKS);
 });
