@@ -24,6 +24,12 @@ for (const mode of MODES) {
         'cdev: at bind, saying why',
       );
       t.match(err instanceof Error ? err.cause : undefined, { code: 'EINVAL' }, "cdev: the kernel's EINVAL is the cause");
+    } else {
+      t.match(
+        err,
+        { syscall: 'open', message: /IOMMU group 3 is already open in another process or VFIO context/ },
+        `${mode}: at open, saying why`,
+      );
     }
     t.match(
       vfioErrorOf(() => other.getDeviceInfo(EDU)),

@@ -215,7 +215,7 @@ export class GroupBackend implements ContainerBackend {
     const sys = this.sys;
     const device = desc.address;
     const ctx = { path: node, device };
-    const fd = openFile(sys, node, O_RDWR | O_CLOEXEC, device);
+    const fd = openGroupNode(sys, node, group, device);
     u.defer(() => sys.close(fd));
     const status = new Uint8Array(vfio_group_status.size);
     codec.setField(STATUS_ARGSZ, status, vfio_group_status.size);
@@ -379,5 +379,23 @@ export class GroupBackend implements ContainerBackend {
       });
     }
     teardown(steps);
+  }
+}
+
+/**
+ * Opens a group node. The kernel lets one open of a group exist at a time, so
+ * EBUSY here means another process (or another context of this one) holds the
+ * group: said so, as cdev mode says why its bind is refused.
+ */
+function openGroupNode(sys: Sys, node: string, group: number, device: string): Fd {
+  try {
+    return openFile(sys, node, O_RDWR | O_CLOEXEC, device);
+  } catch (err) {
+    if (err instanceof VfioError && err.code === 'EBUSY') {
+      throw err.annotate({
+        detail: `IOMMU group ${group} is already open in another process or VFIO context (the kernel allows one open of a group at a time)`,
+      });
+    }
+    throw err;
   }
 }
