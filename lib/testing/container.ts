@@ -37,6 +37,7 @@ import {
   VFIO_UNMAP_ALL,
   VFIO_UPDATE_VADDR,
 } from '../uapi/vfio.js';
+import { IOMMUFD_CMD_BASE } from '../uapi/iommufd.js';
 import { get, set, write } from '../uapi/codec.js';
 import { CapChain } from './caps.js';
 import type { KernelCore } from './core.js';
@@ -107,6 +108,9 @@ export class Type1 implements IommuDriver, DmaSpace {
       case BigInt(VFIO_UNMAP_ALL):
         return 1;
       case BigInt(VFIO_UPDATE_VADDR):
+        // iommufd's compat container never offers VFIO_DMA_MAP_FLAG_VADDR
+        // (iommufd_vfio_check_extension).
+        return iommu !== null && k.config.containerKind === 'legacy' ? 1 : 0;
       case BigInt(VFIO_DMA_CC_IOMMU):
         return iommu !== null ? 1 : 0;
       default:
@@ -463,12 +467,24 @@ export class ContainerFile extends FakeFile {
   readonly kind = 'container';
   readonly container: Container;
 
-  constructor(k: KernelCore, path: string, accessMode: number) {
+  constructor(
+    private readonly k: KernelCore,
+    path: string,
+    accessMode: number,
+  ) {
     super(path, accessMode);
     this.container = new Container(k);
   }
 
   override ioctl(request: number, arg: IoctlArg): number {
+    // iommufd serves the compat container with its own fops: its own
+    // commands (numbers from IOMMUFD_CMD_BASE) reach iommufd, whose object
+    // table has nothing this fake file could name (ENOENT); the legacy
+    // container passes them to its IOMMU driver (EINVAL before SET_IOMMU,
+    // ENOTTY from type1).
+    if (this.k.config.containerKind === 'iommufd-compat' && (request & 0xff) >= IOMMUFD_CMD_BASE) {
+      fail('ENOENT', 'iommufd (VFIO compat container): no object with that id');
+    }
     switch (request) {
       case VFIO_GET_API_VERSION:
         return VFIO_API_VERSION;

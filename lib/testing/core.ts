@@ -40,6 +40,22 @@ export interface KernelConfig {
   /** Free 2 MiB huge pages. */
   readonly hugepages: number;
   readonly pageSize: number;
+  /** The kernel release (/proc/sys/kernel/osrelease), e.g. '6.12.0': decides which uapi the fake answers. */
+  readonly release: string;
+  /** [major, minor] of `release`. */
+  readonly version: readonly [number, number];
+  /**
+   * Who serves /dev/vfio/vfio: 'legacy' (vfio's container.c with
+   * vfio_iommu_type1) or 'iommufd-compat' (CONFIG_IOMMUFD_VFIO_CONTAINER:
+   * iommufd's emulation of Type1v2; no vfio_iommu_type1 module).
+   */
+  readonly containerKind: 'legacy' | 'iommufd-compat';
+}
+
+/** Whether the fake kernel's release is at least major.minor. */
+export function kernelAtLeast(config: KernelConfig, major: number, minor: number): boolean {
+  const [a, b] = config.version;
+  return a > major || (a === major && b >= minor);
 }
 
 export interface KernelCore {

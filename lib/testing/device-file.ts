@@ -21,7 +21,9 @@ import {
   VFIO_DEVICE_BIND_IOMMUFD,
   VFIO_DEVICE_DETACH_IOMMUFD_PT,
   VFIO_DEVICE_DETACH_PASID,
+  VFIO_DEVICE_BIND_FLAG_TOKEN,
   VFIO_DEVICE_FEATURE,
+  VFIO_DEVICE_FEATURE_PCI_VF_TOKEN,
   VFIO_DEVICE_FEATURE_GET,
   VFIO_DEVICE_FEATURE_MASK,
   VFIO_DEVICE_FEATURE_PROBE,
@@ -67,7 +69,9 @@ import { fail } from './errors.js';
 import { FakeFile, type IoctlArg, type MmapRequest, type MmapTarget } from './files.js';
 import type { GroupFile, VfioGroup } from './group.js';
 import { IommufdFile, type Hwpt, type IdevObj } from './iommufd.js';
-import { copyStructIn, copyStructOut, offsetofend, type UserMemory } from './uaccess.js';
+import { copyStructFromUser, copyStructIn, copyStructOut, offsetofend, PointerMemory, type UserMemory } from './uaccess.js';
+import { kernelAtLeast } from './core.js';
+import { matchTokenUuid } from './sriov.js';
 import type { VfioHost } from './vfio-host.js';
 
 const U32_MAX = 0xffffffff;
@@ -187,9 +191,21 @@ export class DeviceFile extends FakeFile {
   private bind(mem: UserMemory): number {
     const L = vfio_device_bind_iommufd;
     const minsz = offsetofend(L, 'out_devid');
-    const k = copyStructIn(mem, L, minsz);
-    if (get(L, k, 'argsz') < minsz || get(L, k, 'flags') !== 0 || get(L, k, 'iommufd') < 0) {
-      fail('EINVAL', 'argsz too small, flags set, or a negative iommufd');
+    // 6.17 added the VF token (VFIO_DEVICE_BIND_FLAG_TOKEN, token_uuid_ptr)
+    // and reads the struct with copy_struct_from_user(argsz); before, the
+    // first minsz bytes with flags 0.
+    const tokens = kernelAtLeast(this.host.config, 6, 17);
+    let k: Uint8Array;
+    if (tokens) {
+      const usize = get(L, copyStructIn(mem, L, 4), 'argsz');
+      if (usize < minsz) fail('EINVAL', 'argsz too small');
+      k = copyStructFromUser(mem, L, usize);
+    } else {
+      k = copyStructIn(mem, L, minsz);
+    }
+    const validFlags = tokens ? VFIO_DEVICE_BIND_FLAG_TOKEN : 0;
+    if (get(L, k, 'argsz') < minsz || (get(L, k, 'flags') & ~validFlags) !== 0 || get(L, k, 'iommufd') < 0) {
+      fail('EINVAL', 'argsz too small, unknown flags set, or a negative iommufd');
     }
     if (this.groupFile !== null) fail('EINVAL', 'BIND_IOMMUFD is only for cdev device files');
     const group = this.group;
@@ -197,6 +213,12 @@ export class DeviceFile extends FakeFile {
     group.cdevDeviceOpenCnt++;
     try {
       if (this.accessGranted) fail('EINVAL', 'this file already bound its device');
+      // vfio_df_check_token() (6.17+): vfio-pci checks the VF token as the group path does.
+      if (tokens) {
+        const withToken = (get(L, k, 'flags') & VFIO_DEVICE_BIND_FLAG_TOKEN) !== 0;
+        const uuid = withToken ? new PointerMemory(this.host.space, get(L, k, 'token_uuid_ptr')).copyIn(0, 16) : null;
+        matchTokenUuid(this.device, uuid);
+      }
       const f = this.host.fds.lookup(get(L, k, 'iommufd'));
       if (f === undefined) fail('EBADF', 'iommufd is not an open fd');
       if (!(f instanceof IommufdFile)) fail('EBADFD', 'the fd is not /dev/iommu');
@@ -250,6 +272,19 @@ export class DeviceFile extends FakeFile {
 
   // ---- vfio core and vfio-pci ioctls ----
 
+  /** vfio_pci_core_feature_token(): SET only (a GET could leak the previous user's token). */
+  private featureVfToken(mem: UserMemory, flags: number, argsz: number): number {
+    const token = this.device.vfToken;
+    if (token === null) fail('ENOTTY', `${this.device.address} is not an SR-IOV PF bound to vfio-pci`);
+    // vfio_check_feature(flags, argsz, SET, sizeof(uuid))
+    if (flags & VFIO_DEVICE_FEATURE_GET) fail('EINVAL', 'the VF token can only be set');
+    if (flags & VFIO_DEVICE_FEATURE_PROBE) return 0;
+    if (!(flags & VFIO_DEVICE_FEATURE_SET)) fail('EINVAL', 'neither GET nor SET');
+    if (argsz < 16) fail('EINVAL', 'argsz leaves no room for the UUID');
+    token.uuid = mem.copyIn(vfio_device_feature.fields.data.offset, 16).slice();
+    return 0;
+  }
+
   private feature(mem: UserMemory): number {
     const L = vfio_device_feature;
     const minsz = offsetofend(L, 'flags');
@@ -260,6 +295,9 @@ export class DeviceFile extends FakeFile {
       fail('EINVAL', 'unknown flags');
     if (!(flags & VFIO_DEVICE_FEATURE_PROBE) && flags & VFIO_DEVICE_FEATURE_SET && flags & VFIO_DEVICE_FEATURE_GET)
       fail('EINVAL', 'GET and SET together');
+    if ((flags & VFIO_DEVICE_FEATURE_MASK) === VFIO_DEVICE_FEATURE_PCI_VF_TOKEN) {
+      return this.featureVfToken(mem, flags, get(L, k, 'argsz') - minsz);
+    }
     fail('ENOTTY', `feature ${flags & VFIO_DEVICE_FEATURE_MASK} is not supported by the fake device`);
   }
 

@@ -9,6 +9,7 @@
 // unref'd: they never keep the process alive on their own (whoever waits for
 // the device holds the process: a pending pollAsync, a sleep), and
 // `dispose()` stops them.
+import type { VfToken } from './sriov.js';
 import {
   vfio_region_info_cap_sparse_mmap,
   vfio_region_info_cap_type,
@@ -95,6 +96,10 @@ export class FakePciDevice implements DeviceContext {
   private readonly model: DeviceModel | null;
   /** vfio_device->open_count. */
   openCount = 0;
+  /** An SR-IOV PF bound to vfio-pci: its VF token (./sriov.ts); null otherwise. */
+  vfToken: VfToken | null = null;
+  /** A VF whose PF is bound to vfio-pci: that PF (sriov_pf_core_dev); null otherwise. */
+  sriovPf: FakePciDevice | null = null;
   /** vfio_device->cdev_opened: bound through its cdev (BIND_IOMMUFD). */
   cdevOpened = false;
   /** vdev->reset_works, decided when the device is enabled. */
@@ -315,6 +320,8 @@ export class FakePciDevice implements DeviceContext {
 
   /** vfio_pci_core_enable(): first open. */
   enable(): void {
+    // vfio_pci_core_finish_enable(): an open VF counts as a user of its PF's token.
+    if (this.sriovPf?.vfToken) this.sriovPf.vfToken.users++;
     this.config.restore();
     this.config.setCommandBits(PCI_COMMAND_MASTER, false);
     const kinds = [...this.bars.values()].map((b) => b.layout.type);
@@ -341,6 +348,7 @@ export class FakePciDevice implements DeviceContext {
 
   /** vfio_pci_core_close_device(): last close. */
   disable(): void {
+    if (this.sriovPf?.vfToken) this.sriovPf.vfToken.users--;
     this.stopClock();
     this.irqs.disableAll();
     if (this.resetWorks) this.functionReset();

@@ -41,6 +41,9 @@ function dir(path: string): string {
   return path;
 }
 
+/** The directory under /sys/devices a device sits in: its host bridge's. */
+const parentOf = (address: string): string => `pci${address.slice(0, 4)}:${address.slice(5, 7)}`;
+
 export function buildTrees(config: KernelConfig, devices: readonly TreeDevice[], groups: readonly TreeGroup[]): Trees {
   const base = mkdtempSync(join(tmpdir(), 'vfio-fake-'));
   const sys = dir(join(base, 'sys'));
@@ -64,7 +67,7 @@ export function buildTrees(config: KernelConfig, devices: readonly TreeDevice[],
 
   for (const d of devices) {
     const { desc } = d;
-    const parent = `pci${desc.address.slice(0, 4)}:${desc.address.slice(5, 7)}`;
+    const parent = parentOf(desc.address);
     const dd = dir(join(sys, 'devices', parent, desc.address));
     file(join(dd, 'vendor'), hex(desc.vendor, 4));
     file(join(dd, 'device'), hex(desc.device, 4));
@@ -84,6 +87,14 @@ export function buildTrees(config: KernelConfig, devices: readonly TreeDevice[],
       symlinkSync(join('..', '..', '..', 'bus', 'pci', 'drivers', desc.driver), join(dd, 'driver'));
       symlinkSync(join('..', rel), join(sys, 'bus', 'pci', 'drivers', desc.driver, desc.address));
     }
+    // SR-IOV: a PF's sriov_totalvfs / sriov_numvfs and virtfnN links, a VF's physfn link.
+    if (desc.sriov !== null) {
+      const vfs = devices.filter((v) => v.desc.physfn === desc.address);
+      file(join(dd, 'sriov_totalvfs'), `${desc.sriov.totalVfs}\n`);
+      file(join(dd, 'sriov_numvfs'), `${vfs.length}\n`);
+      vfs.forEach((v, i) => symlinkSync(join('..', '..', parentOf(v.desc.address), v.desc.address), join(dd, `virtfn${i}`)));
+    }
+    if (desc.physfn !== null) symlinkSync(join('..', '..', parentOf(desc.physfn), desc.physfn), join(dd, 'physfn'));
     if (d.vfioIndex !== null && config.cdevInterface && config.mode !== 'noiommu') {
       const name = `vfio${d.vfioIndex}`;
       const vd = dir(join(dd, 'vfio-dev', name));
@@ -98,7 +109,13 @@ export function buildTrees(config: KernelConfig, devices: readonly TreeDevice[],
   const params = dir(join(sys, 'module', 'vfio', 'parameters'));
   file(join(params, 'enable_unsafe_noiommu_mode'), config.noiommuParam ? 'Y\n' : 'N\n');
   dir(join(sys, 'module', 'vfio_pci'));
-  if (config.type1) file(join(dir(join(sys, 'module', 'vfio_iommu_type1', 'parameters')), 'dma_entry_limit'), `${config.dmaEntryLimit}\n`);
+  // vfio_iommu_type1 exists only beside the legacy container (it depends on
+  // CONFIG_VFIO_CONTAINER); the compat container is iommufd's.
+  if (config.type1 && config.containerKind === 'legacy') {
+    file(join(dir(join(sys, 'module', 'vfio_iommu_type1', 'parameters')), 'dma_entry_limit'), `${config.dmaEntryLimit}\n`);
+  }
+  if (config.containerKind === 'iommufd-compat') dir(join(sys, 'module', 'iommufd'));
+  file(join(dir(join(proc, 'sys', 'kernel')), 'osrelease'), `${config.release}\n`);
 
   if (config.groupInterface) {
     dir(join(dev, 'vfio'));

@@ -23,6 +23,7 @@ import { DeviceFile } from './device-file.js';
 import { fail } from './errors.js';
 import { FakeFile, type IoctlArg } from './files.js';
 import { IommufdFile } from './iommufd.js';
+import { matchDeviceName } from './sriov.js';
 import { copyStructIn, copyStructOut, offsetofend } from './uaccess.js';
 import type { VfioHost } from './vfio-host.js';
 
@@ -191,7 +192,9 @@ export class GroupFile extends FakeFile {
       bytes.push(b);
     }
     const name = Buffer.from(bytes).toString('latin1');
-    const dev = this.group.devices.find((d) => d.address === name);
+    // vfio_device_get_from_name(): the first device whose match() says yes;
+    // a match() error (a bad or missing VF token) ends the search.
+    const dev = this.group.devices.find((d) => matchDeviceName(d, name));
     if (dev === undefined) fail('ENODEV', `group ${this.group.name} has no device ${JSON.stringify(name)}`);
     this.host.fds.reserve();
     const file = DeviceFile.openFromGroup(this.host, dev, this);

@@ -31,6 +31,7 @@ import { PagemapFile } from './pagemap.js';
 import type { PciDeviceDescription } from './pci-spec.js';
 import { FakeSys, type SysMethod, type SyscallRecord } from './sys.js';
 import { UnixNamespace } from './socket.js';
+import { VfToken } from './sriov.js';
 import type { VfioHost } from './vfio-host.js';
 
 export interface FakeKernelOptions {
@@ -63,6 +64,19 @@ export interface FakeKernelOptions {
   readonly hugepages?: number;
   /** Record every counted call in `kernel.log` (default false). */
   readonly log?: boolean;
+  /**
+   * The kernel release (default '6.12.0'). From 6.17 the cdev bind takes a
+   * VF token (VFIO_DEVICE_BIND_FLAG_TOKEN) and checks it; before, a VF binds
+   * through its cdev with no token check and a bind with flags is EINVAL.
+   * From 6.13 IOMMU_IOAS_MAP_FILE exists.
+   */
+  readonly release?: string;
+  /**
+   * Who serves /dev/vfio/vfio (default 'legacy'): 'iommufd-compat' models
+   * CONFIG_IOMMUFD_VFIO_CONTAINER (no vfio_iommu_type1 module; the container
+   * answers iommufd's own ioctls too).
+   */
+  readonly containerKind?: 'legacy' | 'iommufd-compat';
 }
 
 export interface FaultMatch {
@@ -118,6 +132,12 @@ const DEFAULT_IOMMU: IommuModel = {
   aperture: { start: 0n, end: (1n << 48n) - 1n },
   reserved: [{ start: 0xfee00000n, end: 0xfeefffffn }],
 };
+
+function parseRelease(release: string): [number, number] {
+  const m = /^(\d+)\.(\d+)/.exec(release);
+  if (m === null) throw new TypeError(`kernel release ${JSON.stringify(release)} does not start with major.minor`);
+  return [Number(m[1]), Number(m[2])];
+}
 
 function matchPath(want: string, got: string | undefined): boolean {
   return got !== undefined && (got === want || (want.startsWith('/') && got.endsWith(want)));
@@ -180,6 +200,9 @@ export class FakeKernel implements KernelCore, VfioHost {
       memlockLimit: opts.memlockLimit ?? 8 * 1024 * 1024,
       hugepages: opts.hugepages ?? 0,
       pageSize: PAGE_SIZE,
+      release: opts.release ?? '6.12.0',
+      version: parseRelease(opts.release ?? '6.12.0'),
+      containerKind: opts.containerKind ?? 'legacy',
     };
     this.hugepagesFree = this.config.hugepages;
     this.uidValue = opts.uid ?? 0;
@@ -221,6 +244,7 @@ export class FakeKernel implements KernelCore, VfioHost {
       this.pciDevices.set(desc.address, dev);
     }
     const all = [...this.pciDevices.values()];
+    this.linkSriov(all);
     if (mode === 'noiommu') {
       // Without an IOMMU only VFIO's no-IOMMU groups exist, one per device.
       for (const d of all.filter((x) => x.vfioIndex !== null)) {
@@ -240,6 +264,19 @@ export class FakeKernel implements KernelCore, VfioHost {
         const vg = new VfioGroup(g, false, vfioMembers);
         for (const d of vfioMembers) this.vfioGroups.set(d, vg);
       }
+    }
+  }
+
+  /** vfio_pci_vf_init(): a vfio-pci PF gets a token; a VF finds its PF when vfio-pci created it. */
+  private linkSriov(all: readonly FakePciDevice[]): void {
+    for (const d of all) if (d.desc.sriov !== null && d.vfioIndex !== null) d.vfToken = new VfToken();
+    for (const d of all) {
+      if (d.desc.physfn === null) continue;
+      const pf = this.pciDevices.get(d.desc.physfn);
+      if (pf === undefined || pf.desc.sriov === null) throw new TypeError(`${d.desc.address}: physfn ${d.desc.physfn} is not an SR-IOV PF`);
+      const vfs = all.filter((x) => x.desc.physfn === pf.desc.address).length;
+      if (vfs > pf.desc.sriov.totalVfs) throw new TypeError(`${pf.desc.address} has ${vfs} VFs, more than sriov_totalvfs`);
+      if (d.vfioIndex !== null && pf.vfToken !== null) d.sriovPf = pf;
     }
   }
 

@@ -124,6 +124,14 @@ export interface PciDeviceSpec {
   readonly model?: () => DeviceModel;
   /** The device's DMA address width in bits (edu: 28). Default 64. */
   readonly dmaBits?: number;
+  /**
+   * An SR-IOV physical function: it can have up to `totalVfs` virtual
+   * functions (sysfs sriov_totalvfs). Its VFs are the devices whose `physfn`
+   * names it; how many there are is its sriov_numvfs.
+   */
+  readonly sriov?: { readonly totalVfs: number };
+  /** A virtual function: the address of its PF (a device with `sriov`). */
+  readonly physfn?: string;
 }
 
 /** A checked device description: what the FakeKernel instantiates. */
@@ -153,6 +161,10 @@ export interface PciDeviceDescription {
   readonly regions: readonly RegionSpec[];
   readonly model: (() => DeviceModel) | null;
   readonly dmaBits: number;
+  /** SR-IOV PF: sriov_totalvfs; null for any other device. */
+  readonly sriov: { readonly totalVfs: number } | null;
+  /** SR-IOV VF: its PF's address; null for any other device. */
+  readonly physfn: string | null;
 }
 
 const ADDRESS = /^([0-9a-f]{4}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$/;
@@ -319,6 +331,10 @@ export function pciDevice(spec: PciDeviceSpec): PciDeviceDescription {
   } else {
     config = buildConfig(spec, bars, pcie);
   }
+  if (spec.sriov !== undefined && (!Number.isInteger(spec.sriov.totalVfs) || spec.sriov.totalVfs < 1 || spec.sriov.totalVfs > 0xffff)) {
+    throw new RangeError(`sriov_totalvfs ${spec.sriov.totalVfs} is not 1..65535`);
+  }
+  if (spec.sriov !== undefined && spec.physfn !== undefined) throw new RangeError('a device is a PF or a VF, not both');
   if (spec.rom !== undefined && (!isPow2(spec.rom.size) || spec.rom.size < 2048)) {
     throw new RangeError(`ROM size ${spec.rom.size} is not a power of two >= 2048`);
   }
@@ -350,5 +366,7 @@ export function pciDevice(spec: PciDeviceSpec): PciDeviceDescription {
     regions: spec.regions ?? [],
     model: spec.model ?? null,
     dmaBits: spec.dmaBits ?? 64,
+    sriov: spec.sriov ?? null,
+    physfn: spec.physfn ?? null,
   });
 }
