@@ -14,7 +14,8 @@
 //   container (and so every device and DMA buffer) of the context.
 import { teardown } from '../base/cleanup.js';
 import { CdevBackend } from './container/cdev.js';
-import { Container, type ContainerEnv } from './container/container.js';
+import { Container, type AssignOptions, type ContainerEnv } from './container/container.js';
+import { parseVfToken } from './vf-token.js';
 import { GroupBackend } from './container/group.js';
 import type { Fd } from '../libc/sys.js';
 import type { Device, DeviceInfo } from './device.js';
@@ -167,11 +168,17 @@ export class Vfio implements Disposable {
    *   bound to a VFIO driver; EEXIST already open in this context; EBUSY its
    *   IOMMU group is in another container, the group is not viable, or the
    *   kernel says the device is in use; ENOTSUP the default container's mode
-   *   cannot drive it; ENXIO VFIO is not available; ECLOSED; any errno of
-   *   the open(2) and ioctls involved. Nothing stays set up after a failure.
+   *   cannot drive it, or a `vfToken` in cdev mode on a kernel before 6.17;
+   *   EACCES vfio-pci wants a VF token (an SR-IOV VF of a PF it drives, or
+   *   such a PF while its VFs are open) and none or another one was given;
+   *   ENXIO VFIO is not available; ECLOSED; any errno of the open(2) and
+   *   ioctls involved. Nothing stays set up after a failure.
    */
-  openDevice(address: string): Device {
+  openDevice(address: string, opts: AssignOptions = {}): Device {
     this.checkOpen();
+    // Checked first: a malformed token leaves nothing behind. A device
+    // already assigned was opened (and its token checked) by assignDevice.
+    const vfToken = opts.vfToken === undefined ? null : parseVfToken(opts.vfToken);
     // An assigned device is found by its canonical address, without reading
     // sysfs again: its container holds its group or device fd open, and
     // while that fd is open the kernel keeps it bound to vfio-pci (an unbind
@@ -189,7 +196,7 @@ export class Vfio implements Disposable {
     const created = this.defaultSlot === null || this.defaultSlot.closed;
     const container = this.defaultContainerFor(desc);
     try {
-      container.assignDescribed(desc);
+      container.assignDescribed(desc, vfToken);
     } catch (err) {
       // A default container made for this call goes with it: a failed call
       // leaves no fd behind.

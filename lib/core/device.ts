@@ -12,12 +12,21 @@
 //   kernel can still be told to drop eventfds and mappings.
 // - Opening a device does no I/O on it: getInfo() asks the kernel when
 //   called; info() asks once and remembers; device I/O starts on first use.
-import { closedError } from '../base/errors.js';
+import { closedError, usageError, VfioError } from '../base/errors.js';
+import { parseVfToken } from './vf-token.js';
 import type { Fd, Sys } from '../libc/sys.js';
 import { teardown } from '../base/cleanup.js';
 import { ioctl } from '../uapi/ioctl.js';
 import * as codec from '../uapi/codec.js';
-import { VFIO_DEVICE_FLAGS_CAPS, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, vfio_device_info } from '../uapi/vfio.js';
+import {
+  VFIO_DEVICE_FEATURE_PCI_VF_TOKEN,
+  VFIO_DEVICE_FEATURE_SET,
+  VFIO_DEVICE_FLAGS_CAPS,
+  VFIO_DEVICE_FLAGS_PCI,
+  VFIO_DEVICE_FLAGS_RESET,
+  vfio_device_feature,
+  vfio_device_info,
+} from '../uapi/vfio.js';
 import type { Container } from './container/container.js';
 import {
   DeviceIo,
@@ -51,6 +60,8 @@ export interface DeviceResource {
 }
 
 const INFO_ARGSZ = codec.fieldRef(vfio_device_info, 'argsz');
+const FEATURE_ARGSZ = codec.fieldRef(vfio_device_feature, 'argsz');
+const FEATURE_FLAGS = codec.fieldRef(vfio_device_feature, 'flags');
 const INFO_FLAGS = codec.fieldRef(vfio_device_info, 'flags');
 const INFO_NUM_REGIONS = codec.fieldRef(vfio_device_info, 'num_regions');
 const INFO_NUM_IRQS = codec.fieldRef(vfio_device_info, 'num_irqs');
@@ -158,6 +169,37 @@ export class Device implements Disposable, DeviceHandle {
    */
   getInfo(): DeviceInfo {
     return readDeviceInfo(this.sys, this.fd, this.address);
+  }
+
+  /**
+   * Sets the VF token of an SR-IOV physical function (VFIO_DEVICE_FEATURE,
+   * PCI_VF_TOKEN | SET): from now on its VFs open only with this UUID (the
+   * `vfToken` option of openDevice/assignDevice). vfio-pci starts a PF with
+   * a random token, so no VF opens before its PF's user sets one; the token
+   * cannot be read back (it could be the previous user's).
+   * @throws VfioError EINVAL `uuid` is not a UUID; ENOTSUP the device is not
+   *   an SR-IOV PF driven by vfio-pci (the kernel's ENOTTY); ECLOSED; any
+   *   errno of the ioctl.
+   */
+  setVfToken(uuid: string): void {
+    const token = parseVfToken(uuid, 'the VF token');
+    const fd = this.fd;
+    const arg = new Uint8Array(vfio_device_feature.size + token.bytes.length);
+    codec.setField(FEATURE_ARGSZ, arg, arg.length);
+    codec.setField(FEATURE_FLAGS, arg, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN);
+    arg.set(token.bytes, vfio_device_feature.fields.data.offset);
+    try {
+      ioctl(this.sys, fd, 'VFIO_DEVICE_FEATURE', arg, { device: this.address });
+    } catch (err) {
+      if (err instanceof VfioError && err.code === 'ENOTTY') {
+        throw usageError('ENOTSUP', 'not an SR-IOV physical function driven by vfio-pci: it has no VF token', {
+          device: this.address,
+          request: 'VFIO_DEVICE_FEATURE',
+          cause: err,
+        });
+      }
+      throw err;
+    }
   }
 
   /**

@@ -35,6 +35,8 @@ interface FixedPaths {
   readonly iommufd: string;
   readonly noiommuParameter: string;
   readonly type1Module: string;
+  readonly iommufdModule: string;
+  readonly osrelease: string;
   readonly pagemap: string;
 }
 
@@ -55,6 +57,8 @@ function fixed(roots: Roots): FixedPaths {
     iommufd: join(dev, 'iommu'),
     noiommuParameter: join(sysfs, 'module', 'vfio', 'parameters', 'enable_unsafe_noiommu_mode'),
     type1Module: join(sysfs, 'module', 'vfio_iommu_type1'),
+    iommufdModule: join(sysfs, 'module', 'iommufd'),
+    osrelease: join(proc, 'sys', 'kernel', 'osrelease'),
     pagemap: join(proc, 'self', 'pagemap'),
   };
   fixedByRoots.set(roots, made);
@@ -104,4 +108,14 @@ export function type1ModuleDir(roots: Roots): string {
 /** The calling process's page map (virtual page → physical frame). */
 export function pagemapFile(roots: Roots): string {
   return fixed(roots).pagemap;
+}
+
+/** Present when iommufd is loaded or built in. */
+export function iommufdModuleDir(roots: Roots): string {
+  return fixed(roots).iommufdModule;
+}
+
+/** The running kernel's release (`6.12.43+deb13-amd64`). */
+export function osReleaseFile(roots: Roots): string {
+  return fixed(roots).osrelease;
 }

@@ -11,6 +11,7 @@ import type { Unwind } from '../../base/cleanup.js';
 import { VfioError } from '../../base/errors.js';
 import type { Fd } from '../../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
+import type { VfToken } from '../vf-token.js';
 import type { VfioMode } from '../../host/mode.js';
 import type { PciDeviceLocation } from '../../host/sysfs.js';
 
@@ -47,8 +48,12 @@ export interface ContainerBackend {
    */
   readonly iommuLive: boolean;
 
-  /** Sets up a device (and its group, if new): on failure nothing stays open. */
-  attach(desc: PciDeviceLocation): AttachedDevice;
+  /**
+   * Sets up a device (and its group, if new): on failure nothing stays open.
+   * `vfToken` goes to vfio-pci with the open (SR-IOV VFs, and PFs whose VFs
+   * are open); its refusals come back explained (./vf-token.ts).
+   */
+  attach(desc: PciDeviceLocation, vfToken?: VfToken | null): AttachedDevice;
   /** Tears a device down (cdev: detach + close; group: close its fd). Runs every step, throws the first error. */
   detach(dev: AttachedDevice): void;
   /** True when pruneGroups() would take the IOMMU down (group mode: every attached group is empty). */

@@ -42,7 +42,14 @@ import {
   iommu_ioas_unmap,
   iommu_iova_range,
 } from '../../uapi/iommufd.js';
-import { vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../../uapi/vfio.js';
+import {
+  VFIO_DEVICE_BIND_FLAG_TOKEN,
+  vfio_device_attach_iommufd_pt,
+  vfio_device_bind_iommufd,
+  vfio_device_detach_iommufd_pt,
+} from '../../uapi/vfio.js';
+import { kernelRelease, releaseAtLeast } from '../../host/kernel.js';
+import { explainTokenRefusal, type VfToken } from '../vf-token.js';
 import { unmapMismatch, type AttachedDevice, type ContainerBackend, type IommuInfo } from './backend.js';
 
 // The fields map and unmap write on every call, looked up once.
@@ -63,6 +70,8 @@ const IOAS_ALLOC_ID = codec.fieldRef(iommu_ioas_alloc, 'out_ioas_id');
 const BIND_ARGSZ = codec.fieldRef(vfio_device_bind_iommufd, 'argsz');
 const BIND_IOMMUFD = codec.fieldRef(vfio_device_bind_iommufd, 'iommufd');
 const BIND_DEVID = codec.fieldRef(vfio_device_bind_iommufd, 'out_devid');
+const BIND_FLAGS = codec.fieldRef(vfio_device_bind_iommufd, 'flags');
+const BIND_TOKEN_PTR = codec.fieldRef(vfio_device_bind_iommufd, 'token_uuid_ptr');
 const ATTACH_ARGSZ = codec.fieldRef(vfio_device_attach_iommufd_pt, 'argsz');
 const ATTACH_PT = codec.fieldRef(vfio_device_attach_iommufd_pt, 'pt_id');
 
@@ -147,7 +156,7 @@ export class CdevBackend implements ContainerBackend {
     });
   }
 
-  attach(desc: PciDeviceLocation): CdevDevice {
+  attach(desc: PciDeviceLocation, vfToken: VfToken | null = null): CdevDevice {
     const address = desc.address;
     if (this.borrowed) {
       throw usageError('ENOTSUP', 'a borrowed container cannot set devices up: the process that lent it assigns them', { device: address });
@@ -168,9 +177,10 @@ export class CdevBackend implements ContainerBackend {
       codec.setField(BIND_ARGSZ, bind, vfio_device_bind_iommufd.size);
       codec.setField(BIND_IOMMUFD, bind, this.iommufd);
       try {
-        ioctl(sys, fd, 'VFIO_DEVICE_BIND_IOMMUFD', bind, ctx);
+        if (vfToken === null) ioctl(sys, fd, 'VFIO_DEVICE_BIND_IOMMUFD', bind, ctx);
+        else this.bindWithToken(fd, bind, vfToken, ctx);
       } catch (err) {
-        throw this.explainBindFailure(err, desc);
+        throw this.explainBindFailure(err, desc, vfToken);
       }
       const attach = new Uint8Array(vfio_device_attach_iommufd_pt.size);
       codec.setField(ATTACH_ARGSZ, attach, vfio_device_attach_iommufd_pt.size);
@@ -190,8 +200,30 @@ export class CdevBackend implements ContainerBackend {
    *   device twice). The argument here is well-formed and the file fresh, so
    *   that is the one EINVAL left (seen on Linux 6.12 in the VM tier).
    */
-  private explainBindFailure(err: unknown, desc: PciDeviceLocation): unknown {
+  private explainBindFailure(err: unknown, desc: PciDeviceLocation, vfToken: VfToken | null): unknown {
     if (!(err instanceof VfioError)) return err;
+    if (err.code === 'EINVAL' && vfToken !== null) {
+      // A kernel before 6.17 refuses any bind flag with EINVAL, before it
+      // looks at anything else: the token cannot be passed there.
+      const release = kernelRelease(this.roots);
+      if (release === null || !releaseAtLeast(release, 6, 17)) {
+        return new VfioError({
+          code: 'ENOTSUP',
+          syscall: 'ioctl',
+          request: 'VFIO_DEVICE_BIND_IOMMUFD',
+          device: desc.address,
+          path: desc.cdevNode ?? undefined,
+          detail:
+            `a VF token in the cdev bind (VFIO_DEVICE_BIND_FLAG_TOKEN) needs Linux 6.17 or later; this kernel is ${release?.text ?? 'of unknown release'}: ` +
+            'open the device in group mode, which takes the token on every kernel',
+          cause: err,
+        });
+      }
+    }
+    if (err.code === 'EACCES' || (err.code === 'EINVAL' && vfToken !== null)) {
+      const explained = explainTokenRefusal(err, this.roots, desc.address, vfToken, 'VFIO_DEVICE_BIND_IOMMUFD');
+      if (explained !== err) return explained;
+    }
     let detail: string;
     if (err.code === 'EPERM' && groupBlockers(this.roots, desc).length > 0) detail = notViableDetail(this.roots, desc);
     else if (err.code === 'EINVAL')
@@ -207,6 +239,25 @@ export class CdevBackend implements ContainerBackend {
       detail,
       cause: err,
     });
+  }
+
+  /**
+   * VFIO_DEVICE_BIND_IOMMUFD with VFIO_DEVICE_BIND_FLAG_TOKEN: the kernel
+   * reads the 16-byte token through token_uuid_ptr, so it goes in a page of
+   * its own, mapped for the call and unmapped after it.
+   */
+  private bindWithToken(fd: Fd, bind: Uint8Array, vfToken: VfToken, ctx: IoctlContext): void {
+    const page = this.sys.mmap(this.pageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0n);
+    try {
+      // SAFETY: [page, page + 16) lies in the page mapped above, unmapped
+      // only after the ioctl, which reads it synchronously.
+      this.sys.view(page, vfToken.bytes.length).set(vfToken.bytes);
+      codec.setField(BIND_FLAGS, bind, VFIO_DEVICE_BIND_FLAG_TOKEN);
+      codec.setField(BIND_TOKEN_PTR, bind, page);
+      ioctl(this.sys, fd, 'VFIO_DEVICE_BIND_IOMMUFD', bind, ctx);
+    } finally {
+      this.sys.munmap(page, this.pageSize);
+    }
   }
 
   detach(dev: AttachedDevice): void {

@@ -54,7 +54,19 @@ import type { Roots } from '../../host/paths.js';
 import { requireVfioManaged, type PciDeviceLocation } from '../../host/sysfs.js';
 import type { AttachedDevice, IommuInfo } from './backend.js';
 import { CdevBackend, type CdevDevice } from './cdev.js';
+import { parseVfToken, type VfToken } from '../vf-token.js';
 import { GroupBackend } from './group.js';
+
+/** Options for opening or assigning a device. */
+export interface AssignOptions {
+  /**
+   * The VF token (a UUID, `bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3`) vfio-pci
+   * asks for before it opens an SR-IOV VF whose PF it drives, or such a PF
+   * while its VFs are open (the PF's user sets it with Device.setVfToken).
+   * Group mode passes it on every kernel; cdev mode needs Linux 6.17+.
+   */
+  readonly vfToken?: string;
+}
 
 /** What a container needs from the Vfio context that made it. */
 export interface ContainerEnv {
@@ -253,16 +265,21 @@ export class Container implements Disposable, DmaOwner {
    *   EBUSY assigned to another container, or its IOMMU group is (the message
    *   names it), or the group is not viable; ENOTSUP the device cannot be
    *   driven in this container's mode; ECLOSED the container is closed; any
-   *   errno of the open(2) and ioctls involved. Nothing stays set up after a
-   *   failure.
+   *   errno of the open(2) and ioctls involved; EACCES vfio-pci wants a VF
+   *   token (a VF of a PF bound to vfio-pci, or such a PF while its VFs are
+   *   open) and none or another one was given: the message says so; EINVAL
+   *   a `vfToken` that is not a UUID, or given for a device that takes none;
+   *   ENOTSUP a `vfToken` in cdev mode on a kernel before 6.17. Nothing
+   *   stays set up after a failure.
    */
-  assignDevice(address: string): void {
+  assignDevice(address: string, opts: AssignOptions = {}): void {
     this.checkOpen();
-    this.assignDescribed(this.env.locate(address, this.mode));
+    const vfToken = opts.vfToken === undefined ? null : parseVfToken(opts.vfToken);
+    this.assignDescribed(this.env.locate(address, this.mode), vfToken);
   }
 
-  /** @internal assignDevice for a device already located. */
-  assignDescribed(desc: PciDeviceLocation): void {
+  /** @internal assignDevice for a device already located (and a token already checked). */
+  assignDescribed(desc: PciDeviceLocation, vfToken: VfToken | null = null): void {
     this.checkOpen();
     const device = desc.address;
     requireVfioManaged(desc);
@@ -281,7 +298,7 @@ export class Container implements Disposable, DmaOwner {
 
     withUnwind((u) => {
       const wasLive = this.backend.iommuLive;
-      const attached = this.backend.attach(desc);
+      const attached = this.backend.attach(desc, vfToken);
       u.defer(() => teardown([() => this.backend.detach(attached), () => this.backend.pruneGroups()]));
       if (this.backend.dmaMode === 'iommu') {
         if (!wasLive && this.backend.iommuLive) this.replayMappings(u, device);

@@ -35,6 +35,7 @@ import { ioctl, ioctlInt, openFile, type IoctlContext } from '../../uapi/ioctl.j
 import { usageError, VfioError } from '../../base/errors.js';
 import { O_CLOEXEC, O_RDWR, type Fd, type Sys } from '../../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
+import { explainTokenRefusal, type VfToken } from '../vf-token.js';
 import { vfioContainerNode, vfioGroupNode, type Roots } from '../../host/paths.js';
 import { notViableDetail, type PciDeviceLocation } from '../../host/sysfs.js';
 import * as codec from '../../uapi/codec.js';
@@ -190,7 +191,7 @@ export class GroupBackend implements ContainerBackend {
     return this.iommuSet;
   }
 
-  attach(desc: PciDeviceLocation): AttachedDevice {
+  attach(desc: PciDeviceLocation, vfToken: VfToken | null = null): AttachedDevice {
     const address = desc.address;
     if (this.borrowed) {
       throw usageError('ENOTSUP', 'a borrowed container cannot set devices up: the process that lent it assigns them', { device: address });
@@ -203,8 +204,15 @@ export class GroupBackend implements ContainerBackend {
     return withUnwind((u) => {
       let member = this.groups.get(group);
       if (member === undefined) member = this.join(desc, group, groupNode, u);
-      const name = Buffer.from(`${address}\0`);
-      const fd = ioctl(this.sys, member.fd, 'VFIO_GROUP_GET_DEVICE_FD', name, { path: groupNode, device: address });
+      // The token rides in the device name, as vfio-pci's match() parses it
+      // (QEMU and DPDK pass it the same way).
+      const name = Buffer.from(vfToken === null ? `${address}\0` : `${address} vf_token=${vfToken.text}\0`);
+      let fd: Fd;
+      try {
+        fd = ioctl(this.sys, member.fd, 'VFIO_GROUP_GET_DEVICE_FD', name, { path: groupNode, device: address });
+      } catch (err) {
+        throw explainTokenRefusal(err, this.roots, address, vfToken, 'VFIO_GROUP_GET_DEVICE_FD');
+      }
       member.devices.add(address);
       return { address, fd, group };
     });
