@@ -25,9 +25,11 @@ import {
   chooseMode,
   deviceMachineProblem,
   deviceModeProblem,
+  groupContainerKind,
   machineModeProblem,
   machinePreference,
   parseMode,
+  type GroupContainerKind,
   type VfioMode,
 } from '../host/mode.js';
 import { DEFAULT_ROOTS, type Roots } from '../host/paths.js';
@@ -121,6 +123,19 @@ export class Vfio implements Disposable {
     this.checkOpen();
     if (address === undefined) return this.machineMode(this.forcedMode);
     return this.deviceMode(this.locateManaged(address));
+  }
+
+  /**
+   * Who serves /dev/vfio/vfio on this machine, from the filesystem (nothing
+   * is opened): 'legacy' (vfio's container with vfio_iommu_type1),
+   * 'iommufd-compat' (iommufd's emulation, CONFIG_IOMMUFD_VFIO_CONTAINER),
+   * or null when there is no /dev/vfio/vfio. An open container's
+   * `containerKind` is the kernel's own answer.
+   * @throws VfioError ECLOSED.
+   */
+  getContainerKind(): GroupContainerKind | null {
+    this.checkOpen();
+    return groupContainerKind(this.roots);
   }
 
   /**

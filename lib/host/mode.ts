@@ -21,7 +21,7 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { usageError, VfioError } from '../base/errors.js';
-import { iommufdNode, noiommuParameter, type1ModuleDir, vfioCdevDir, vfioContainerNode, type Roots } from './paths.js';
+import { iommufdModuleDir, iommufdNode, noiommuParameter, type1ModuleDir, vfioCdevDir, vfioContainerNode, type Roots } from './paths.js';
 import type { PciDeviceLocation } from './sysfs.js';
 
 export type VfioMode = 'cdev' | 'group' | 'noiommu';
@@ -69,6 +69,32 @@ export function machineModeProblem(roots: Roots, mode: VfioMode): string | null 
       if (!existsSync(vfioContainerNode(roots))) return `${vfioContainerNode(roots)} does not exist (load the vfio module)`;
       return null;
   }
+}
+
+/**
+ * Who serves /dev/vfio/vfio (group and no-IOMMU modes):
+ * - 'legacy': vfio's own container with the vfio_iommu_type1 driver;
+ * - 'iommufd-compat': iommufd's emulation of it (CONFIG_IOMMUFD_VFIO_CONTAINER),
+ *   which the kernel builds only without the legacy container, so never
+ *   beside vfio_iommu_type1. It speaks Type1v2 but lacks what
+ *   iommufd_vfio_check_extension() leaves out (VFIO_UPDATE_VADDR, dirty
+ *   tracking; P2P mappings of another device's BAR): none of which this
+ *   library uses.
+ */
+export type GroupContainerKind = 'legacy' | 'iommufd-compat';
+
+/**
+ * Who serves /dev/vfio/vfio, from the filesystem alone, or null when there is
+ * no such node: vfio_iommu_type1 present means the legacy container (the
+ * driver depends on it); iommufd present without it means the compat
+ * container. Neither: the legacy container whose Type1 module is not loaded
+ * yet. A container that is open knows for sure (Container.containerKind
+ * asks the kernel).
+ */
+export function groupContainerKind(roots: Roots): GroupContainerKind | null {
+  if (!existsSync(vfioContainerNode(roots))) return null;
+  if (existsSync(type1ModuleDir(roots))) return 'legacy';
+  return existsSync(iommufdModuleDir(roots)) ? 'iommufd-compat' : 'legacy';
 }
 
 /** What the machine offers, before looking at any device. */

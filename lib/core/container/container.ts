@@ -49,7 +49,7 @@ import { IovaAllocator, type IovaRange } from '../iova-allocator.js';
 import { closedError, usageError, VfioError } from '../../base/errors.js';
 import { validateBigInt, validateBoolean, validateOptions } from '../../base/validate.js';
 import type { Fd, Sys } from '../../libc/sys.js';
-import type { VfioMode } from '../../host/mode.js';
+import type { GroupContainerKind, VfioMode } from '../../host/mode.js';
 import type { Roots } from '../../host/paths.js';
 import { requireVfioManaged, type PciDeviceLocation } from '../../host/sysfs.js';
 import type { AttachedDevice, IommuInfo } from './backend.js';
@@ -215,6 +215,19 @@ export class Container implements Disposable, DmaOwner {
   /** 'iommu': buffers are mapped through the IOMMU. 'identity': no IOMMU; a buffer's IOVA is its physical address. */
   get dmaMode(): 'iommu' | 'identity' {
     return this.backend.dmaMode;
+  }
+
+  /**
+   * Who serves the container, as the kernel answers: 'iommufd' (cdev mode),
+   * 'legacy' (vfio's /dev/vfio/vfio with vfio_iommu_type1) or
+   * 'iommufd-compat' (/dev/vfio/vfio served by iommufd,
+   * CONFIG_IOMMUFD_VFIO_CONTAINER). Group mode asks the kernel once.
+   * @throws VfioError ECLOSED; any errno of the probe ioctl.
+   */
+  get containerKind(): 'iommufd' | GroupContainerKind {
+    this.checkOpen();
+    const b = this.backend;
+    return b instanceof GroupBackend ? b.containerKind() : 'iommufd';
   }
 
   get closed(): boolean {

@@ -37,6 +37,8 @@ import { O_CLOEXEC, O_RDWR, type Fd, type Sys } from '../../libc/sys.js';
 import type { IovaRange } from '../iova-allocator.js';
 import { explainTokenRefusal, type VfToken } from '../vf-token.js';
 import { vfioContainerNode, vfioGroupNode, type Roots } from '../../host/paths.js';
+import type { GroupContainerKind } from '../../host/mode.js';
+import { iommu_destroy } from '../../uapi/iommufd.js';
 import { notViableDetail, type PciDeviceLocation } from '../../host/sysfs.js';
 import * as codec from '../../uapi/codec.js';
 import {
@@ -88,6 +90,8 @@ export class GroupBackend implements ContainerBackend {
   containerFd: Fd;
   /** The IOMMU type VFIO_SET_IOMMU uses when the first group joins. */
   readonly iommuType: number;
+  /** containerKind() once asked. */
+  private kindCache: GroupContainerKind | null = null;
   /** Whether VFIO_SET_IOMMU is in effect (a group is attached). */
   private iommuSet = false;
   /** Attached groups by number. */
@@ -185,6 +189,29 @@ export class GroupBackend implements ContainerBackend {
       }
       return new GroupBackend(sys, roots, mode, node, fd, type);
     });
+  }
+
+  /**
+   * Who serves this container, asked of the kernel once and remembered:
+   * iommufd answers its own IOMMU_DESTROY on the compat container (ENOENT
+   * for id 0, which it never hands out), the legacy container does not know
+   * it (EINVAL before VFIO_SET_IOMMU, ENOTTY from Type1 after).
+   * @throws VfioError any other errno of the ioctl.
+   */
+  containerKind(): GroupContainerKind {
+    if (this.kindCache === null) {
+      const arg = codec.alloc(iommu_destroy, { size: iommu_destroy.size, id: 0 });
+      try {
+        ioctl(this.sys, this.containerFd, 'IOMMU_DESTROY', arg, { path: this.node });
+        throw usageError('EIO', 'IOMMU_DESTROY of id 0 succeeded on the VFIO container', { path: this.node });
+      } catch (err) {
+        if (!(err instanceof VfioError)) throw err;
+        if (err.code === 'ENOENT') this.kindCache = 'iommufd-compat';
+        else if (err.code === 'EINVAL' || err.code === 'ENOTTY') this.kindCache = 'legacy';
+        else throw err;
+      }
+    }
+    return this.kindCache;
   }
 
   get iommuLive(): boolean {
