@@ -45,7 +45,7 @@ function currentOverride(env: CliEnv, address: string): string | null {
 }
 
 /** Writes a sysfs control file; failures name the file and what to do. */
-function write(env: CliEnv, path: string, value: string): void {
+export function write(env: CliEnv, path: string, value: string): void {
   try {
     env.writeSysfs(path, value);
   } catch (err) {
@@ -65,7 +65,7 @@ function describe(driver: string | null): string {
 }
 
 /** Binds one device to vfio-pci, remembering what it had. */
-function bindOne(env: CliEnv, state: BindState, address: string): string {
+export function bindOne(env: CliEnv, state: BindState, address: string): string {
   const dir = pciDeviceDir(env.roots, address);
   const before = currentDriver(env, address);
   if (isVfioDriver(before)) return `${address}: already bound to ${before}`;

@@ -11,6 +11,7 @@ import type { VfioMode } from '../host/mode.js';
 import { parsePciAddress } from '../host/pci-address.js';
 import { pciDeviceDir, type Roots } from '../host/paths.js';
 import { describePciDevice, groupBlockers, type PciDeviceDescription } from '../host/sysfs.js';
+import { physfnOf, sriovOf, type SriovFunction } from '../host/sriov.js';
 
 export interface GroupMember {
   readonly address: string;
@@ -42,6 +43,10 @@ export interface DeviceReport {
   readonly modeError: string | null;
   readonly groupNode: string | null;
   readonly cdevNode: string | null;
+  /** An SR-IOV PF: how many VFs it can have and has, and their addresses; null otherwise. */
+  readonly sriov: SriovFunction | null;
+  /** An SR-IOV VF: its PF's address; null otherwise. */
+  readonly physfn: string | null;
 }
 
 /**
@@ -134,5 +139,7 @@ export function inspectDevice(roots: Roots, vfio: Vfio, address: string): Device
     modeError,
     groupNode: desc.groupNode,
     cdevNode: desc.cdevNode,
+    sriov: sriovOf(roots, desc.address),
+    physfn: physfnOf(roots, desc.address),
   };
 }

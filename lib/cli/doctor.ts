@@ -8,6 +8,7 @@ import { flag } from './args.js';
 import type { Command } from './command.js';
 import { EXIT } from './command.js';
 import { inspectDevice, pciAddresses } from './devices.js';
+import { featureChecks } from './features.js';
 import type { CliEnv } from './env.js';
 import { bytes, json } from './format.js';
 import { machineAvailability, VFIO_MODES } from '../host/mode.js';
@@ -243,8 +244,11 @@ export const doctor: Command = {
   help: `Checks, in order: the IOMMU (/sys/class/iommu), the vfio, vfio-pci,
 vfio_iommu_type1 and iommufd modules and the /dev nodes they make, the
 no-IOMMU parameter, which VFIO modes are available, whether you may open the
-VFIO nodes read-write, your memlock limit (DMA memory is locked), and the
-devices bound to vfio-pci (viable group, usable mode).
+VFIO nodes read-write, your memlock limit (DMA memory is locked), the
+devices bound to vfio-pci (viable group, usable mode), and what the running
+kernel offers: which container serves /dev/vfio/vfio (legacy or iommufd's
+compat container), SR-IOV (PFs, vfio-pci enable_sriov), VF tokens in the
+cdev bind (Linux 6.17+) and IOMMU_IOAS_MAP_FILE (6.13+).
 
 Each line is "ok", "info", "warn" or "FAIL"; every warn and FAIL is followed
 by "fix:" and what to run. Nothing is opened or changed: run it as the user
@@ -267,6 +271,7 @@ Exits 1 when any check FAILed, 0 otherwise.`,
       permissionCheck(env),
       memlockCheck(env),
       devicesCheck(env),
+      ...featureChecks(env),
     ];
     if (flag(args, 'json')) {
       env.out(json(checks));

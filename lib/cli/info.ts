@@ -3,7 +3,7 @@
 // capabilities, every interrupt index with its count, and the IOVA ranges of
 // its container. The device is opened (and released before the command
 // exits), so it must be bound to vfio-pci and not in use by another process.
-import { CliFailure, flag, pciAddress } from './args.js';
+import { CliFailure, flag, pciAddress, stringOption } from './args.js';
 import type { Command } from './command.js';
 import { EXIT } from './command.js';
 import { inspectDevice } from './devices.js';
@@ -113,11 +113,14 @@ interface Details {
 export const info: Command = {
   name: 'info',
   summary: 'regions, interrupts, mode, IOMMU group and IOVA ranges of a device',
-  usage: 'info <address> [--json]',
+  usage: 'info <address> [--vf-token UUID] [--json]',
   help: `Shows what VFIO says about a device bound to vfio-pci:
 
   mode          cdev, group or noiommu (VFIO_MODE=... forces one), and the /dev
                 nodes it uses
+  container     who serves it: iommufd (cdev), or in group mode the legacy
+                container (vfio_iommu_type1) or iommufd's compat container
+  sr-iov        for a PF: its VFs; for a VF: its PF
   iommu group   its number, whether it is viable, every member with its driver
   device        VFIO device flags and capabilities, region and IRQ counts
   regions       index, name, size, flags (read, write, mmap, caps) and
@@ -130,29 +133,35 @@ may reset it on open). It fails when the device is not bound to vfio-pci, its
 group is not viable, or another process has it open.
 
 Options:
+  --vf-token UUID
+                the VF token, for a VF whose PF is on vfio-pci (or such a PF
+                while its VFs are open): vfio-pci opens it only with it
   --json        one JSON object: the fields of \`vfio ls --json\` plus
+                "containerKind",
                 "info" ({ flags, flagNames, numRegions, numIrqs, capabilities }),
                 "regions", "irqs" and "iova" ({ ranges: [{ start, last }],
                 granule, pageSizes } as 0x hex strings, or null)
 
 Example:
   vfio info 0000:00:03.0`,
-  options: { json: { type: 'boolean' } },
+  options: { json: { type: 'boolean' }, 'vf-token': { type: 'string' } },
   positionals: { min: 1, max: 1, names: '<address>' },
   run(args, env) {
     const address = pciAddress(args.positionals[0] as string);
+    const vfToken = stringOption(args, 'vf-token');
     const v = env.vfio();
     const report = inspectDevice(env.roots, v, address);
     if (!report.vfio) {
       const bound = report.driver === null ? 'no driver is bound' : `it is bound to ${report.driver}`;
       throw new CliFailure(`${address} is not managed by VFIO (${bound}): bind it with \`vfio bind ${address}\``);
     }
-    const details = ask(v, address);
+    const details = ask(v, address, vfToken);
     if (flag(args, 'json')) {
       env.out(
         json({
           ...deviceJson(report),
           mode: details.mode,
+          containerKind: details.containerKind,
           info: { ...details.device, flagNames: flagNames(details.device.flags, DEVICE_FLAGS) },
           regions: details.regions.map((r) => ({ ...r, flagNames: flagNames(r.flags, REGION_FLAGS), capabilityNames: regionCaps(r) })),
           irqs: details.irqs.map((i) => ({ ...i, flagNames: flagNames(i.flags, IRQ_FLAGS) })),
@@ -171,6 +180,12 @@ Example:
     let text = `${address}  ${hex(report.vendor, 4).slice(2)}:${hex(report.device, 4).slice(2)}  ${className(report.class)} (class ${hex(report.class, 6)})\n`;
     text += `  driver       ${report.driver}\n`;
     text += `  mode         ${details.mode} (${nodes.join(', ')})\n`;
+    text += `  container    ${CONTAINER_KINDS[details.containerKind]}\n`;
+    if (report.sriov !== null) {
+      const vfs = report.sriov.vfs.length === 0 ? '' : `: ${report.sriov.vfs.join(', ')}`;
+      text += `  sr-iov       PF with ${report.sriov.numVfs} of ${report.sriov.totalVfs} VFs${vfs}\n`;
+    }
+    if (report.physfn !== null) text += `  sr-iov       VF of ${report.physfn}\n`;
     text += `  iommu group  ${group}\n`;
     for (const m of report.groupMembers)
       text += `    ${m.address}  ${m.driver ?? '(no driver)'}${m.address === address ? '  (this device)' : ''}\n`;
@@ -210,13 +225,21 @@ Example:
   },
 };
 
+type ContainerKind = Vfio['defaultContainer']['containerKind'];
+
+const CONTAINER_KINDS: Readonly<Record<ContainerKind, string>> = {
+  iommufd: 'iommufd (/dev/iommu)',
+  legacy: 'the legacy VFIO container (vfio)',
+  'iommufd-compat': "iommufd's VFIO compat container (CONFIG_IOMMUFD_VFIO_CONTAINER)",
+};
+
 function indent(text: string): string {
   return text.replace(/^(?=.)/gm, '  ');
 }
 
 /** Opens the device, asks everything, releases it. */
-function ask(v: Vfio, address: string): Details & { mode: string } {
-  using dev = v.openDevice(address);
+function ask(v: Vfio, address: string, vfToken: string | undefined): Details & { mode: string; containerKind: ContainerKind } {
+  using dev = v.openDevice(address, vfToken === undefined ? {} : { vfToken });
   const irqs: IrqInfo[] = [];
   for (const kind of IRQ_KINDS) {
     try {
@@ -229,6 +252,7 @@ function ask(v: Vfio, address: string): Details & { mode: string } {
   }
   return {
     mode: dev.mode,
+    containerKind: dev.container.containerKind,
     device: dev.info(),
     regions: dev.regions(),
     irqs,

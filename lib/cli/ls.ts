@@ -26,6 +26,8 @@ export function deviceJson(d: DeviceReport): Record<string, unknown> {
     modeError: d.modeError,
     groupNode: d.groupNode,
     cdevNode: d.cdevNode,
+    sriov: d.sriov,
+    physfn: d.physfn,
   };
 }
 
@@ -46,12 +48,16 @@ export const ls: Command = {
   MODE          for devices bound to vfio-pci: the VFIO mode it would be driven
                 in (cdev, group or noiommu), or ! when no mode is available
                 (\`vfio doctor\` says why)
+  SR-IOV        only when the machine has SR-IOV devices: "PF n/total" for a
+                physical function (VFs it has / can have), "VF of <pf>" for a
+                virtual function (\`vfio sriov <pf>\` lists and creates them)
 
 Options:
   --vfio        only devices bound to vfio-pci (or a vfio-pci variant driver)
   --json        a JSON array instead of the table: ids as "0x" hex strings,
                 blockers and groupMembers as [{ address, driver }], and
-                modeError saying why mode is null for a vfio-pci device
+                modeError saying why mode is null for a vfio-pci device,
+                sriov ({ totalVfs, numVfs, vfs }) for a PF and physfn for a VF
 
 Reads sysfs and /dev only: needs no privilege, opens no device.`,
   options: { vfio: { type: 'boolean' }, json: { type: 'boolean' } },
@@ -69,6 +75,8 @@ Reads sysfs and /dev only: needs no privilege, opens no device.`,
       env.out(flag(args, 'vfio') ? 'no device is bound to vfio-pci (bind one with `vfio bind <address>`)\n' : 'no PCI devices in sysfs\n');
       return EXIT.ok;
     }
+    // The SR-IOV column only where there is SR-IOV to show.
+    const sriov = devices.some((d) => d.sriov !== null || d.physfn !== null);
     const rows = devices.map((d) => [
       d.address,
       `${d.vendor.toString(16).padStart(4, '0')}:${d.device.toString(16).padStart(4, '0')}`,
@@ -77,8 +85,10 @@ Reads sysfs and /dev only: needs no privilege, opens no device.`,
       d.iommuGroup === null ? '-' : d.noiommu ? `noiommu-${d.iommuGroup}` : String(d.iommuGroup),
       d.viable === null ? '-' : d.viable ? 'yes' : 'no',
       d.vfio ? (d.mode ?? '!') : '',
+      ...(sriov ? [d.sriov !== null ? `PF ${d.sriov.numVfs}/${d.sriov.totalVfs}` : d.physfn !== null ? `VF of ${d.physfn}` : ''] : []),
     ]);
-    env.out(table(['ADDRESS', 'ID', 'CLASS', 'DRIVER', 'GROUP', 'VIABLE', 'MODE'], rows));
+    const heads = ['ADDRESS', 'ID', 'CLASS', 'DRIVER', 'GROUP', 'VIABLE', 'MODE', ...(sriov ? ['SR-IOV'] : [])];
+    env.out(table(heads, rows));
     return EXIT.ok;
   },
 };

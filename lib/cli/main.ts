@@ -17,10 +17,11 @@ import type { CliEnv } from './env.js';
 import { oneLine } from './format.js';
 import { info } from './info.js';
 import { ls } from './ls.js';
+import { sriov } from './sriov.js';
 import type { Vfio } from '../core/context.js';
 import { VfioError } from '../base/errors.js';
 
-export const COMMANDS: readonly Command[] = [ls, info, bind, unbind, bar, doctor];
+export const COMMANDS: readonly Command[] = [ls, info, bind, unbind, sriov, bar, doctor];
 
 /** The package's version: the nearest package.json named "vfio" above this file (lib/ or dist/lib/). */
 function version(): string {

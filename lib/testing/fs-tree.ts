@@ -108,7 +108,8 @@ export function buildTrees(config: KernelConfig, devices: readonly TreeDevice[],
 
   const params = dir(join(sys, 'module', 'vfio', 'parameters'));
   file(join(params, 'enable_unsafe_noiommu_mode'), config.noiommuParam ? 'Y\n' : 'N\n');
-  dir(join(sys, 'module', 'vfio_pci'));
+  // vfio-pci's enable_sriov: off, as the module loads by default.
+  file(join(dir(join(sys, 'module', 'vfio_pci', 'parameters')), 'enable_sriov'), 'N\n');
   // vfio_iommu_type1 exists only beside the legacy container (it depends on
   // CONFIG_VFIO_CONTAINER); the compat container is iommufd's.
   if (config.type1 && config.containerKind === 'legacy') {

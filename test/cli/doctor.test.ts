@@ -49,6 +49,10 @@ t.test('a healthy cdev machine', async (t) => {
     'permissions',
     'memlock',
     'devices',
+    'container-kind',
+    'sriov',
+    'vf-token-cdev',
+    'map-file',
   ]);
   t.equal(c['permissions']?.status, 'ok');
   t.match(c['permissions']?.message, /uid 0 can open 4 VFIO node\(s\) read-write/);
@@ -138,4 +142,37 @@ t.test('bad arguments', async (t) => {
   t.teardown(() => m.dispose());
   t.same(m.run('doctor', 'now'), { code: 2, out: '', err: 'vfio doctor: unexpected argument "now" (see `vfio doctor --help`)\n' });
   t.match(m.run('doctor', '--fix'), { code: 2, err: /^vfio doctor: Unknown option '--fix'.*\(see `vfio doctor --help`\)\n$/ });
+});
+
+t.test('kernel features: container kind, SR-IOV, VF token in the cdev bind, MAP_FILE', async (t) => {
+  const { pciDevice } = await import('../../lib/testing/index.js');
+  const nvme = (address: string, group: number, extra: object) =>
+    pciDevice({ address, group, vendor: 0x1b36, device: 0x0010, class: 0x010802, bars: [{ index: 0, size: 16384 }], ...extra });
+  const newest = cliMachine({
+    mode: 'cdev',
+    release: '7.2.13-amd64',
+    containerKind: 'iommufd-compat',
+    devices: [nvme('0000:01:00.0', 1, { sriov: { totalVfs: 4 } }), nvme('0000:01:00.1', 2, { physfn: '0000:01:00.0' })],
+  });
+  t.teardown(() => newest.dispose());
+  const c = checks(newest);
+  t.match(c['container-kind'], { status: 'ok', message: /iommufd's compat container/ });
+  t.match(c['sriov'], {
+    status: 'info',
+    message: /SR-IOV PFs: 0000:01:00\.0 \(1\/4 VFs\); vfio-pci enable_sriov=N: a PF on vfio-pci cannot create VFs/,
+    fix: /enable_sriov/,
+  });
+  t.match(c['vf-token-cdev'], { status: 'ok', message: /Linux 7\.2\.13-amd64/ });
+  t.match(c['map-file'], { status: 'ok', message: /IOMMU_IOAS_MAP_FILE: Linux 7\.2\.13-amd64/ });
+
+  const lts = cliMachine({ mode: 'cdev', release: '6.12.43+deb13-amd64', devices: [edu()] });
+  t.teardown(() => lts.dispose());
+  const d = checks(lts);
+  t.match(d['container-kind'], { status: 'ok', message: /legacy VFIO container/ });
+  t.match(d['sriov'], { status: 'info', message: /no SR-IOV physical function/ });
+  t.match(d['vf-token-cdev'], {
+    status: 'info',
+    message: /no VF token in the cdev bind on Linux 6\.12\.43\+deb13-amd64 \(needs 6\.17\+\)/,
+  });
+  t.match(d['map-file'], { status: 'info', message: /no IOMMU_IOAS_MAP_FILE on Linux 6\.12\.43\+deb13-amd64 \(needs 6\.13\+\)/ });
 });

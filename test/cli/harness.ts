@@ -8,6 +8,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readFileSync,
+  readdirSync,
   readlinkSync,
   realpathSync,
   rmSync,
@@ -106,9 +107,65 @@ class FakePciCore {
       if (override !== null && override !== driver) throw errnoError('ENODEV', `driver_override of ${address} is ${override}`);
       if (this.refuse[address] === driver) throw errnoError('ENODEV', `${driver} refused ${address}`);
       this.link(address, driver);
+    } else if ((m = /^bus\/pci\/devices\/([^/]+)\/sriov_numvfs$/.exec(rel)) !== null) {
+      this.setNumVfs(m[1] as string, value.trim());
     } else {
       throw errnoError('EACCES', `the fake PCI core does not model writes to ${rel}`);
     }
+  }
+
+  /**
+   * sriov_numvfs_store(): N creates N VFs, 0 removes them, a non-zero count
+   * while VFs exist is EBUSY; a PF on vfio-pci needs enable_sriov (ENOENT).
+   * The fake kernel's VFs exist from the start (their devices are in the
+   * tree): "creating" one links it as virtfnN of its PF and, for a PF on
+   * vfio-pci, sets its driver_override to vfio-pci and binds it there, as
+   * vfio-pci's bus notifier and the probe that follows do.
+   */
+  private setNumVfs(pf: string, value: string): void {
+    const dir = this.deviceDir(pf);
+    const n = Number(value);
+    const total = Number(readFileSync(join(dir, 'sriov_totalvfs'), 'utf8'));
+    const current = Number(readFileSync(join(dir, 'sriov_numvfs'), 'utf8'));
+    if (!/^[0-9]+$/.test(value) || n > total) throw errnoError('ERANGE', `${value} VFs`);
+    if (n === current) return;
+    if (n !== 0 && current !== 0) throw errnoError('EBUSY', `${current} VFs already enabled`);
+    const pfDriver = this.driverOf(pf);
+    if (n !== 0 && pfDriver === 'vfio-pci') {
+      const param = readFileSync(join(this.sysfs, 'module', 'vfio_pci', 'parameters', 'enable_sriov'), 'utf8').trim();
+      if (param !== 'Y') throw errnoError('ENOENT', 'vfio-pci: enable_sriov is off');
+    }
+    const vfs = this.vfsOf(pf);
+    if (n > vfs.length) throw new Error(`the fake machine declares ${vfs.length} VFs of ${pf}, not ${n}`);
+    for (const name of readdirSync(dir).filter((f) => /^virtfn[0-9]+$/.test(f))) {
+      const vf = basename(readlinkSync(join(dir, name)));
+      const drv = this.driverOf(vf);
+      if (drv !== null) this.unlink(vf, drv);
+      unlinkSync(join(dir, name));
+    }
+    for (let i = 0; i < n; i++) {
+      const vf = vfs[i] as string;
+      symlinkSync(relative(dir, this.deviceDir(vf)), join(dir, `virtfn${i}`));
+      if (pfDriver === 'vfio-pci') {
+        writeFileSync(join(this.deviceDir(vf), 'driver_override'), 'vfio-pci\n');
+        if (this.driverOf(vf) === null) this.link(vf, 'vfio-pci');
+      }
+    }
+    writeFileSync(join(dir, 'sriov_numvfs'), `${n}\n`);
+  }
+
+  /** The fake kernel's VFs of `pf` (devices whose physfn link names it), sorted. */
+  private vfsOf(pf: string): string[] {
+    const all = readdirSync(join(this.sysfs, 'bus', 'pci', 'devices'));
+    return all
+      .filter((a) => {
+        try {
+          return basename(readlinkSync(join(this.deviceDir(a), 'physfn'))) === pf;
+        } catch {
+          return false;
+        }
+      })
+      .sort();
   }
 
   private override(address: string): string | null {

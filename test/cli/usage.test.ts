@@ -12,7 +12,7 @@ t.test('help: overview, per command, and its errors', async (t) => {
   const m = cliMachine({ mode: 'cdev', devices: [edu()] });
   t.teardown(() => m.dispose());
   const names = COMMANDS.map((c) => c.name);
-  t.same(names, ['ls', 'info', 'bind', 'unbind', 'bar', 'doctor']);
+  t.same(names, ['ls', 'info', 'bind', 'unbind', 'sriov', 'bar', 'doctor']);
   for (const args of [['help'], ['--help'], ['-h']]) {
     const r = m.run(...args);
     t.equal(r.code, 0, args.join(' '));
