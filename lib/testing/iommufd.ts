@@ -27,6 +27,8 @@ import {
   IOMMU_IOAS_ALLOW_IOVAS,
   IOMMU_IOAS_IOVA_RANGES,
   IOMMU_IOAS_MAP,
+  IOMMU_IOAS_MAP_FILE,
+  iommu_ioas_map_file,
   IOMMU_IOAS_MAP_FIXED_IOVA,
   IOMMU_IOAS_MAP_READABLE,
   IOMMU_IOAS_MAP_WRITEABLE,
@@ -47,11 +49,12 @@ import {
   VFIO_UNMAP_ALL,
 } from '../uapi/vfio.js';
 import { get, read, set, write, type StructLayout } from '../uapi/codec.js';
-import type { KernelCore } from './core.js';
+import { kernelAtLeast, type KernelCore } from './core.js';
 import type { DmaSpace, FakePciDevice } from './device.js';
 import { fail } from './errors.js';
 import { FakeFile, type IoctlArg } from './files.js';
-import { PAGE_SIZE } from './memory.js';
+import { MemfdFile } from './memfd.js';
+import { PAGE_SIZE, type Backing } from './memory.js';
 import { Pin } from './pin.js';
 import { copyStructFromUser, offsetofend, PointerMemory, type UserMemory } from './uaccess.js';
 
@@ -71,7 +74,10 @@ interface Reserved extends Range {
 }
 
 interface Area extends Range {
+  /** IOMMU_IOAS_MAP: the user address the pages are pinned from. */
   readonly uptr: bigint;
+  /** IOMMU_IOAS_MAP_FILE: the file and offset the pages are pinned from instead. */
+  readonly file: { readonly backing: Backing; readonly offset: number } | null;
   readonly read: boolean;
   readonly write: boolean;
   /** Pinned while the IOAS has at least one domain. */
@@ -152,7 +158,13 @@ export class Ioas {
     fail('ENOSPC', 'no free IOVA range fits');
   }
 
-  map(uptr: bigint, length: bigint, fixedIova: bigint | null, readable: boolean, writeable: boolean): bigint {
+  /**
+   * IOMMU_IOAS_MAP (`file` null: pages of the user range at `uptr`) and
+   * IOMMU_IOAS_MAP_FILE (`file`: pages of the file from its `offset`, which
+   * then stands where the user address would: in the IOVA alignment and
+   * the alignment checks, as iopt_map_common takes start_byte).
+   */
+  map(uptr: bigint, length: bigint, fixedIova: bigint | null, readable: boolean, writeable: boolean, file: Area['file'] = null): bigint {
     // iopt_alloc_pages()
     if (length === 0n || length > U64_MAX - PAGE) fail('EINVAL', 'length is zero or too large');
     if (uptr + length > U64_MAX) fail('EOVERFLOW', 'user range wraps');
@@ -160,12 +172,18 @@ export class Ioas {
     if (length % this.alignment !== 0n) fail('EINVAL', `length is not a multiple of the IOAS alignment ${this.alignment}`);
     const iova = fixedIova === null ? this.allocIova(uptr, length) : (this.checkIova(fixedIova, length), fixedIova);
     if ((uptr % PAGE) % this.alignment !== 0n) fail('EINVAL', 'user address is not aligned to the IOAS alignment');
-    const area: Area = { start: iova, last: iova + length - 1n, uptr, read: readable, write: writeable, pin: null };
-    if (this.domains.length > 0) area.pin = Pin.user(this.k, uptr, Number(length), writeable, false);
+    const area: Area = { start: iova, last: iova + length - 1n, uptr, file, read: readable, write: writeable, pin: null };
+    if (this.domains.length > 0) area.pin = this.pinArea(area);
     let i = 0;
     while (i < this.areas.length && this.areas[i]!.start < area.start) i++;
     this.areas.splice(i, 0, area);
     return iova;
+  }
+
+  /** iopt_area_fill_domain(): the area's pages, from the process or from its file. */
+  private pinArea(a: Area): Pin {
+    const length = Number(a.last - a.start + 1n);
+    return a.file === null ? Pin.user(this.k, a.uptr, length, a.write, false) : Pin.file(this.k, a.file.backing, a.file.offset, length);
   }
 
   /** iopt_unmap_iova_range(): whole areas only; none at all is ENOENT. */
@@ -224,7 +242,7 @@ export class Ioas {
         const pinned: Area[] = [];
         try {
           for (const a of this.areas) {
-            a.pin = Pin.user(this.k, a.uptr, Number(a.last - a.start + 1n), a.write, false);
+            a.pin = this.pinArea(a);
             pinned.push(a);
           }
         } catch (e) {
@@ -495,6 +513,37 @@ export class IommufdFile extends FakeFile {
       set(L, k, 'iova', iova);
       this.respond(mem, k, usize);
     });
+    // iommufd_ioas_map_file(), Linux 6.13+: before, the request is unknown (ENOTTY).
+    if (kernelAtLeast(this.k.config, 6, 13)) {
+      add(IOMMU_IOAS_MAP_FILE, iommu_ioas_map_file, 'iova', (k, mem, usize) => {
+        const L = iommu_ioas_map_file;
+        const c = read(L, k);
+        if (c.flags & ~(IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE)) {
+          fail('EOPNOTSUPP', 'unknown map flags');
+        }
+        if (c.iova >= ULONG_MAX || c.length >= ULONG_MAX) fail('EOVERFLOW', 'iova or length too large');
+        if (!(c.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE)))
+          fail('EINVAL', 'a mapping must be READABLE and/or WRITEABLE');
+        const ioas = this.ioasOf(c.ioas_id);
+        if (c.length === 0n) fail('EINVAL', 'length is zero');
+        const f = this.k.fds.lookup(c.fd);
+        if (f === undefined) fail('EBADF', `fd ${c.fd} is not open`);
+        // memfd_pin_folios() pins shmem and hugetlbfs files only.
+        if (!(f instanceof MemfdFile)) fail('EINVAL', 'only memfd (shmem, hugetlbfs) files can be mapped by file');
+        if (c.start > BigInt(f.size)) fail('EINVAL', 'start is past the end of the file');
+        const fixed = (c.flags & IOMMU_IOAS_MAP_FIXED_IOVA) !== 0 ? c.iova : null;
+        const iova = ioas.map(
+          c.start,
+          c.length,
+          fixed,
+          (c.flags & IOMMU_IOAS_MAP_READABLE) !== 0,
+          (c.flags & IOMMU_IOAS_MAP_WRITEABLE) !== 0,
+          { backing: f.backing, offset: Number(c.start) },
+        );
+        set(L, k, 'iova', iova);
+        this.respond(mem, k, usize);
+      });
+    }
     add(IOMMU_IOAS_UNMAP, iommu_ioas_unmap, 'length', (k, mem, usize) => {
       const L = iommu_ioas_unmap;
       const c = read(L, k);

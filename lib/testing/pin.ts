@@ -5,7 +5,7 @@
 // mapping goes, exactly as the kernel does.
 import type { KernelCore } from './core.js';
 import { fail } from './errors.js';
-import { PAGE_SIZE, type Segment } from './memory.js';
+import { PAGE_SIZE, type Backing, type Segment } from './memory.js';
 
 function pagesSpanned(offset: number, length: number): number {
   if (length === 0) return 0;
@@ -22,6 +22,16 @@ export class Pin {
     const pin = new Pin(k, segs);
     k.space.touch(addr, length);
     return pin;
+  }
+
+  /**
+   * Pins [offset, offset + length) of a file's pages (IOMMU_IOAS_MAP_FILE,
+   * memfd_pin_folios): the pages of the file, whoever maps them. EINVAL past
+   * the file's end.
+   */
+  static file(k: KernelCore, backing: Backing, offset: number, length: number): Pin {
+    if (offset + length > backing.byteLength) fail('EINVAL', `[${offset}, +${length}) is past the end of the file`);
+    return new Pin(k, [{ backing, offset, length, pfnmap: false }]);
   }
 
   private constructor(

@@ -24,6 +24,12 @@ export interface AttachedDevice {
   readonly group: number;
 }
 
+/** A memfd and the offset in it where a buffer's memory starts. */
+export interface MappedFile {
+  readonly fd: Fd;
+  readonly offset: bigint;
+}
+
 /** What the IOMMU allows: where mappings may go and at what granularity. */
 export interface IommuInfo {
   /** Usable IOVA ranges (inclusive ends). */
@@ -67,8 +73,14 @@ export interface ContainerBackend {
    * `u` when the caller's operation fails.
    */
   iommuInfo(device?: string, u?: Unwind): IommuInfo;
-  /** Maps [vaddr, vaddr + size) at `iova` (read + write for the device). */
-  map(vaddr: bigint, iova: bigint, size: bigint): void;
+  /**
+   * Maps [vaddr, vaddr + size) at `iova` (read + write for the device).
+   * `file`: the same memory is [offset, offset + size) of this memfd (a
+   * shareable buffer); a backend that can map by file does (cdev,
+   * IOMMU_IOAS_MAP_FILE), so that the pin follows the file, not this
+   * process's mapping. Others map by address.
+   */
+  map(vaddr: bigint, iova: bigint, size: bigint, file?: MappedFile): void;
   /**
    * Unmaps exactly [iova, iova + size).
    * @throws VfioError EIO when the kernel did not hold exactly that mapping

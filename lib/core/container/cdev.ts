@@ -39,6 +39,7 @@ import {
   iommu_ioas_alloc,
   iommu_ioas_iova_ranges,
   iommu_ioas_map,
+  iommu_ioas_map_file,
   iommu_ioas_unmap,
   iommu_iova_range,
 } from '../../uapi/iommufd.js';
@@ -50,7 +51,7 @@ import {
 } from '../../uapi/vfio.js';
 import { kernelRelease, releaseAtLeast } from '../../host/kernel.js';
 import { explainTokenRefusal, type VfToken } from '../vf-token.js';
-import { unmapMismatch, type AttachedDevice, type ContainerBackend, type IommuInfo } from './backend.js';
+import { unmapMismatch, type AttachedDevice, type ContainerBackend, type IommuInfo, type MappedFile } from './backend.js';
 
 // The fields map and unmap write on every call, looked up once.
 const MAP_SIZE = codec.fieldRef(iommu_ioas_map, 'size');
@@ -59,6 +60,13 @@ const MAP_IOAS = codec.fieldRef(iommu_ioas_map, 'ioas_id');
 const MAP_VA = codec.fieldRef(iommu_ioas_map, 'user_va');
 const MAP_LENGTH = codec.fieldRef(iommu_ioas_map, 'length');
 const MAP_IOVA = codec.fieldRef(iommu_ioas_map, 'iova');
+const MAP_FILE_SIZE = codec.fieldRef(iommu_ioas_map_file, 'size');
+const MAP_FILE_FLAGS = codec.fieldRef(iommu_ioas_map_file, 'flags');
+const MAP_FILE_IOAS = codec.fieldRef(iommu_ioas_map_file, 'ioas_id');
+const MAP_FILE_FD = codec.fieldRef(iommu_ioas_map_file, 'fd');
+const MAP_FILE_START = codec.fieldRef(iommu_ioas_map_file, 'start');
+const MAP_FILE_LENGTH = codec.fieldRef(iommu_ioas_map_file, 'length');
+const MAP_FILE_IOVA = codec.fieldRef(iommu_ioas_map_file, 'iova');
 const UNMAP_SIZE = codec.fieldRef(iommu_ioas_unmap, 'size');
 const UNMAP_IOAS = codec.fieldRef(iommu_ioas_unmap, 'ioas_id');
 const UNMAP_IOVA = codec.fieldRef(iommu_ioas_unmap, 'iova');
@@ -106,6 +114,7 @@ export class CdevBackend implements ContainerBackend {
    */
   private readonly mapArg = new Uint8Array(iommu_ioas_map.size);
   private readonly unmapArg = new Uint8Array(iommu_ioas_unmap.size);
+  private readonly mapFileArg = new Uint8Array(iommu_ioas_map_file.size);
   /** What a failed map/unmap names: the iommufd node. */
   private readonly dmaCtx: IoctlContext;
 
@@ -356,7 +365,28 @@ export class CdevBackend implements ContainerBackend {
     return { ranges, granule: alignment > 0n ? alignment : 1n, pageSizes: null };
   }
 
-  map(vaddr: bigint, iova: bigint, size: bigint): void {
+  /**
+   * Whether IOMMU_IOAS_MAP_FILE exists (Linux 6.13+): null until the first
+   * map of a file tries it, then remembered (a kernel without it answers
+   * ENOTTY: the request number is past its table).
+   */
+  get mapsByFile(): boolean | null {
+    return this.mapFileSupport;
+  }
+  private mapFileSupport: boolean | null = null;
+
+  map(vaddr: bigint, iova: bigint, size: bigint, file?: MappedFile): void {
+    if (file !== undefined && this.mapFileSupport !== false) {
+      try {
+        this.mapFile(file, iova, size);
+        this.mapFileSupport = true;
+        return;
+      } catch (err) {
+        if (!(err instanceof VfioError && err.code === 'ENOTTY' && this.mapFileSupport === null)) throw err;
+        // No MAP_FILE here: map by address from now on.
+        this.mapFileSupport = false;
+      }
+    }
     const arg = this.mapArg;
     arg.fill(0);
     codec.setField(MAP_SIZE, arg, iommu_ioas_map.size);
@@ -366,6 +396,20 @@ export class CdevBackend implements ContainerBackend {
     codec.setField(MAP_LENGTH, arg, size);
     codec.setField(MAP_IOVA, arg, iova);
     ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_MAP', arg, this.dmaCtx);
+  }
+
+  /** IOMMU_IOAS_MAP_FILE: [file.offset, file.offset + size) of the memfd at `iova`. */
+  private mapFile(file: MappedFile, iova: bigint, size: bigint): void {
+    const arg = this.mapFileArg;
+    arg.fill(0);
+    codec.setField(MAP_FILE_SIZE, arg, iommu_ioas_map_file.size);
+    codec.setField(MAP_FILE_FLAGS, arg, IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE);
+    codec.setField(MAP_FILE_IOAS, arg, this.ioasId);
+    codec.setField(MAP_FILE_FD, arg, file.fd);
+    codec.setField(MAP_FILE_START, arg, file.offset);
+    codec.setField(MAP_FILE_LENGTH, arg, size);
+    codec.setField(MAP_FILE_IOVA, arg, iova);
+    ioctl(this.sys, this.iommufd, 'IOMMU_IOAS_MAP_FILE', arg, this.dmaCtx);
   }
 
   unmap(iova: bigint, size: bigint): void {

@@ -52,10 +52,18 @@ import type { Fd, Sys } from '../../libc/sys.js';
 import type { GroupContainerKind, VfioMode } from '../../host/mode.js';
 import type { Roots } from '../../host/paths.js';
 import { requireVfioManaged, type PciDeviceLocation } from '../../host/sysfs.js';
-import type { AttachedDevice, IommuInfo } from './backend.js';
+import type { AttachedDevice, IommuInfo, MappedFile } from './backend.js';
 import { CdevBackend, type CdevDevice } from './cdev.js';
 import { parseVfToken, type VfToken } from '../vf-token.js';
 import { GroupBackend } from './group.js';
+
+/**
+ * A shareable buffer's memfd, mapped from offset 0 (lib/core/dma.ts maps the
+ * whole file): what a backend maps by file; undefined for other buffers.
+ */
+function fileOf(buf: DmaBuffer): MappedFile | undefined {
+  return buf.shareable ? { fd: buf.memfd, offset: 0n } : undefined;
+}
 
 /** Options for opening or assigning a device. */
 export interface AssignOptions {
@@ -228,6 +236,18 @@ export class Container implements Disposable, DmaOwner {
     this.checkOpen();
     const b = this.backend;
     return b instanceof GroupBackend ? b.containerKind() : 'iommufd';
+  }
+
+  /**
+   * Whether shareable (memfd-backed) buffers are mapped by file and offset
+   * (IOMMU_IOAS_MAP_FILE, cdev mode on Linux 6.13+), so that the pin
+   * follows the file rather than this process's mapping: true or false once
+   * the first such buffer was mapped, null before; false in group modes,
+   * which map by address.
+   */
+  get mapsByFile(): boolean | null {
+    const b = this.backend;
+    return b instanceof CdevBackend ? b.mapsByFile : false;
   }
 
   get closed(): boolean {
@@ -552,7 +572,7 @@ export class Container implements Disposable, DmaOwner {
     const live = this.backend.iommuLive;
     if (live) {
       try {
-        this.backend.map(buf.vaddr, iova, size);
+        this.backend.map(buf.vaddr, iova, size, fileOf(buf));
       } catch (err) {
         allocator.release(iova, size);
         throw err;
@@ -666,7 +686,7 @@ export class Container implements Disposable, DmaOwner {
     for (const m of this.allMappings()) {
       if (m.inKernel) continue;
       try {
-        this.backend.map(m.vaddr, m.iova, m.size);
+        this.backend.map(m.vaddr, m.iova, m.size, m.buffer === null ? undefined : fileOf(m.buffer));
       } catch (err) {
         if (err instanceof VfioError) {
           err.annotate({ device, detail: `mapping the container's DMA buffer at IOVA 0x${m.iova.toString(16)} again` });
