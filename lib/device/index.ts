@@ -168,6 +168,5 @@ export type { EnableOptions, IrqInfo, IrqKind, Unsubscribe, WaitOptions } from '
 export { Region } from './region.js';
 export type { MmioViews, OpenRegionOptions } from './region.js';
 export type { MapBarOptions } from './bar.js';
-export { regionName } from './region-info.js';
 export type { RegionArea, RegionInfo, RegionType } from './region-info.js';
 export type { DependentDevice, HotResetInfo } from './reset.js';

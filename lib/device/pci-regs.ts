@@ -98,21 +98,12 @@ export const EXT_CAP_ID = {
 export const MSIX_CONTROL = 0x02;
 export const MSIX_CONTROL_TABLE_SIZE = 0x07ff;
 export const MSIX_CONTROL_ENABLE = 1 << 15;
-export const MSIX_CONTROL_FUNCTION_MASK = 1 << 14;
 export const MSIX_TABLE = 0x04;
 export const MSIX_PBA = 0x08;
 /** Low 3 bits of the table/PBA register: the BAR (BIR); the rest: the offset. */
 export const MSIX_BIR_MASK = 0x7;
 /** Each MSI-X table entry is 16 bytes (address lo/hi, data, vector control). */
 export const MSIX_ENTRY_SIZE = 16;
-
-/** MSI capability: message control register and its fields. */
-export const MSI_CONTROL = 0x02;
-export const MSI_CONTROL_ENABLE = 1 << 0;
-/** log2 of the vectors the function can request, bits 3:1. */
-export const MSI_CONTROL_MULTI_CAPABLE_SHIFT = 1;
-export const MSI_CONTROL_64BIT = 1 << 7;
-export const MSI_CONTROL_PER_VECTOR_MASK = 1 << 8;
 
 /** Upper bound on capability hops: the spec's 48 for the 192 bytes of standard space. */
 export const STD_CAP_TTL = 48;

@@ -141,15 +141,6 @@ export function deviceMachineProblem(roots: Roots, desc: PciDeviceLocation, mode
   return machineModeProblem(roots, mode) ?? deviceModeProblem(desc, mode);
 }
 
-/** What a device offers: the machine's modes narrowed by the device's nodes. */
-export function deviceAvailability(roots: Roots, desc: PciDeviceLocation): ModeAvailability {
-  return {
-    cdev: deviceMachineProblem(roots, desc, 'cdev'),
-    group: deviceMachineProblem(roots, desc, 'group'),
-    noiommu: deviceMachineProblem(roots, desc, 'noiommu'),
-  };
-}
-
 /**
  * The order in which a machine's modes are preferred for a container made
  * without a device: VFIO_MODES, except that a machine whose VFIO groups are

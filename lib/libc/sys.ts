@@ -47,7 +47,6 @@ export const F_SEAL_GROW = 0x4;
 export const F_SEAL_WRITE = 0x8;
 
 export const POLLIN = 0x001;
-export const POLLPRI = 0x002;
 export const POLLOUT = 0x004;
 export const POLLERR = 0x008;
 export const POLLHUP = 0x010;
