@@ -77,7 +77,8 @@ export function bindOne(env: CliEnv, state: BindState, address: string): string 
   const after = currentDriver(env, address);
   if (!isVfioDriver(after)) {
     throw new CliFailure(
-      `${address}: vfio-pci did not take the device (${after === null ? 'it has no driver now' : `it is on ${after} now`}; \`dmesg\` says why)`,
+      `${address}: vfio-pci did not take the device ` +
+        `(${after === null ? 'it has no driver now' : `it is on ${after} now`}; \`dmesg\` says why)`,
     );
   }
   return `${address}: bound to ${after} (was ${describe(before)})`;
@@ -100,7 +101,8 @@ function unbindOne(env: CliEnv, state: BindState, address: string): string {
     const bindFile = join(env.roots.sysfs, 'bus', 'pci', 'drivers', drv, 'bind');
     if (!isDriverName(drv) || !existsSync(bindFile)) {
       throw new CliFailure(
-        `${address}: unbound from ${before}, but its previous driver ${drv} is not loaded (modprobe ${drv}, then \`echo ${address} > ${bindFile}\`)`,
+        `${address}: unbound from ${before}, but its previous driver ${drv} is not loaded ` +
+          `(modprobe ${drv}, then \`echo ${address} > ${bindFile}\`)`,
       );
     }
     write(env, bindFile, address);
@@ -110,10 +112,13 @@ function unbindOne(env: CliEnv, state: BindState, address: string): string {
   const after = currentDriver(env, address);
   if (remembered !== undefined && remembered.driver !== null && after !== remembered.driver) {
     throw new CliFailure(
-      `${address}: unbound from ${before}, but ${remembered.driver} did not take it back (driver now ${describe(after)}; \`dmesg\` says why)`,
+      `${address}: unbound from ${before}, but ${remembered.driver} did not take it back ` +
+        `(driver now ${describe(after)}; \`dmesg\` says why)`,
     );
   }
-  return `${address}: unbound from ${before}, now ${after === null ? 'has no driver' : `bound to ${after}`}${remembered === undefined ? ' (no previous driver remembered: the kernel chose)' : ''}`;
+  const now = after === null ? 'has no driver' : `bound to ${after}`;
+  const chosen = remembered === undefined ? ' (no previous driver remembered: the kernel chose)' : '';
+  return `${address}: unbound from ${before}, now ${now}${chosen}`;
 }
 
 export const bind: Command = {

@@ -139,7 +139,9 @@ function noiommuCheck(env: CliEnv, hasIommu: boolean): Check {
   return {
     name: 'noiommu',
     status: 'info',
-    message: `enable_unsafe_noiommu_mode=${value ?? 'absent'}: without an IOMMU, no-IOMMU mode is the only way (unsafe: the device can DMA anywhere)`,
+    message:
+      `enable_unsafe_noiommu_mode=${value ?? 'absent'}: without an IOMMU, no-IOMMU mode is the only way ` +
+      '(unsafe: the device can DMA anywhere)',
     fix: `echo Y | sudo tee ${param} (or boot with vfio.enable_unsafe_noiommu_mode=1), then bind the device again`,
   };
 }
@@ -171,7 +173,9 @@ function permissionCheck(env: CliEnv): Check {
     name: 'permissions',
     status: 'fail',
     message: `uid ${env.uid} cannot open ${denied.map((d) => `${d.p} (${d.why})`).join(', ')} read-write`,
-    fix: `run as root, or give the user the nodes: sudo chown ${env.uid} ${denied.map((d) => d.p).join(' ')} (lasting: a udev rule SUBSYSTEM=="vfio", OWNER="<user>", and for /dev/iommu KERNEL=="iommu", OWNER="<user>")`,
+    fix:
+      `run as root, or give the user the nodes: sudo chown ${env.uid} ${denied.map((d) => d.p).join(' ')} ` +
+      '(lasting: a udev rule SUBSYSTEM=="vfio", OWNER="<user>", and for /dev/iommu KERNEL=="iommu", OWNER="<user>")',
   };
 }
 
@@ -183,7 +187,8 @@ function memlockCheck(env: CliEnv): Check {
   const soft = line?.slice('Max locked memory'.length).trim().split(/\s+/)[0];
   if (soft === undefined) return { name: 'memlock', status: 'warn', message: 'cannot read the memlock limit from /proc/self/limits' };
   const fix =
-    'raise it: `ulimit -l unlimited` in a root shell before dropping privileges, or a line "<user> - memlock unlimited" in /etc/security/limits.conf (LimitMEMLOCK=infinity for a systemd service)';
+    'raise it: `ulimit -l unlimited` in a root shell before dropping privileges, ' +
+    'or a line "<user> - memlock unlimited" in /etc/security/limits.conf (LimitMEMLOCK=infinity for a systemd service)';
   if (soft === 'unlimited') return { name: 'memlock', status: 'ok', message: 'memlock limit: unlimited' };
   const n = Number(soft);
   if (!Number.isFinite(n)) return { name: 'memlock', status: 'warn', message: `memlock limit reads ${JSON.stringify(soft)}` };
@@ -229,7 +234,8 @@ function devicesCheck(env: CliEnv): Check {
   if (bad.length === 0) return { name: 'devices', status: 'ok', message: `bound to vfio-pci: ${list}` };
   const fixes = bad.map((d) =>
     d.viable !== true
-      ? `${d.address}: its group also holds ${d.blockers.map((b) => `${b.address} (${b.driver})`).join(', ')}: sudo vfio bind ${d.address} --group`
+      ? `${d.address}: its group also holds ${d.blockers.map((b) => `${b.address} (${b.driver})`).join(', ')}: ` +
+        `sudo vfio bind ${d.address} --group`
       : `${d.address}: ${d.modeError}`,
   );
   return { name: 'devices', status: 'fail', message: `bound to vfio-pci: ${list}`, fix: fixes.join('; ') };

@@ -177,7 +177,8 @@ Example:
     // The /dev nodes the mode goes through.
     const nodes = (details.mode === 'cdev' ? [report.cdevNode, iommufdNode(env.roots)] : [report.groupNode]).filter((n) => n !== null);
     const d = details.device;
-    let text = `${address}  ${hex(report.vendor, 4).slice(2)}:${hex(report.device, 4).slice(2)}  ${className(report.class)} (class ${hex(report.class, 6)})\n`;
+    const ids = `${hex(report.vendor, 4).slice(2)}:${hex(report.device, 4).slice(2)}`;
+    let text = `${address}  ${ids}  ${className(report.class)} (class ${hex(report.class, 6)})\n`;
     text += `  driver       ${report.driver}\n`;
     text += `  mode         ${details.mode} (${nodes.join(', ')})\n`;
     text += `  container    ${CONTAINER_KINDS[details.containerKind]}\n`;
@@ -189,7 +190,8 @@ Example:
     text += `  iommu group  ${group}\n`;
     for (const m of report.groupMembers)
       text += `    ${m.address}  ${m.driver ?? '(no driver)'}${m.address === address ? '  (this device)' : ''}\n`;
-    text += `  device       flags ${hex(d.flags)} [${flagNames(d.flags, DEVICE_FLAGS).join(', ')}], ${d.numRegions} regions, ${d.numIrqs} irq indexes`;
+    text += `  device       flags ${hex(d.flags)} [${flagNames(d.flags, DEVICE_FLAGS).join(', ')}], `;
+    text += `${d.numRegions} regions, ${d.numIrqs} irq indexes`;
     text += d.capabilities.length === 0 ? '\n' : `, caps: ${d.capabilities.map((c) => capName(DEVICE_CAPS, c.id)).join(', ')}\n`;
     text += '\nregions:\n';
     text += indent(

@@ -368,7 +368,8 @@ export class Region implements Disposable {
     if (s === undefined || s.kind !== 'mmap' || offset + length > s.end) {
       throw usageError(
         'ENOTSUP',
-        `[0x${offset.toString(16)}, 0x${(offset + length).toString(16)}) of ${this.info.name} is not mmap'd in one piece: use the accessors`,
+        `[0x${offset.toString(16)}, 0x${(offset + length).toString(16)}) of ${this.info.name} ` +
+          "is not mmap'd in one piece: use the accessors",
         { device: this.#h.address },
       );
     }

@@ -441,7 +441,8 @@ export class FakeSys implements Sys {
         if (wake === null && end === Infinity) {
           fail(
             'EDEADLK',
-            'poll(-1) with nothing ready and no device work pending: no other thread can make an fd ready, the real call would never return',
+            'poll(-1) with nothing ready and no device work pending: ' +
+              'no other thread can make an fd ready, the real call would never return',
           );
         }
         const ms = Math.min(wake ?? Infinity, end) - performance.now();
