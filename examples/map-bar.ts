@@ -7,9 +7,7 @@
 // In your own project, import from 'vfio' instead of '../lib/index.js'.
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { vfio, type Region, type Vfio } from '../lib/index.js';
-
-type Width = 8 | 16 | 32 | 64;
+import { vfio, type AccessWidth, type Vfio } from '../lib/index.js';
 
 const USAGE = `usage: map-bar <address> <bar> [--offset N] [--length N] [--width 8|16|32|64]
                                 [--poke OFF=VALUE] [--peek OFF] [--no-mmap]
@@ -23,52 +21,6 @@ Without --peek/--poke: dumps --length bytes (default 256) from --offset
 /** A decimal or 0x-hex number; NaN when it is neither. */
 function num(text: string): number {
   return /^0x[0-9a-f]+$/i.test(text) ? parseInt(text, 16) : /^[0-9]+$/.test(text) ? Number(text) : NaN;
-}
-
-/**
- * Reads one register at exactly its width: devices answer only the accesses
- * they implement (edu: 32-bit below 0x80), so never read them bytewise.
- */
-function peek(bar: Region, offset: number, width: Width): bigint {
-  switch (width) {
-    case 8:
-      return BigInt(bar.read8(offset));
-    case 16:
-      return BigInt(bar.read16(offset));
-    case 32:
-      return BigInt(bar.read32(offset));
-    case 64:
-      return bar.read64(offset);
-  }
-}
-
-function poke(bar: Region, offset: number, width: Width, value: bigint): void {
-  switch (width) {
-    case 8:
-      return bar.write8(offset, Number(value));
-    case 16:
-      return bar.write16(offset, Number(value));
-    case 32:
-      return bar.write32(offset, Number(value));
-    case 64:
-      return bar.write64(offset, value);
-  }
-}
-
-/** Hex + ASCII, 16 bytes a line, from words read at `width` (little-endian, as PCI is). */
-function dump(bar: Region, offset: number, length: number, width: Width): string[] {
-  const lines: string[] = [];
-  for (let line = offset; line < offset + length; line += 16) {
-    const bytes: number[] = [];
-    for (let at = line; at < Math.min(line + 16, offset + length); at += width / 8) {
-      const word = peek(bar, at, width);
-      for (let b = 0; b < width / 8; b++) bytes.push(Number((word >> BigInt(8 * b)) & 0xffn));
-    }
-    const hex = bytes.map((b) => b.toString(16).padStart(2, '0')).join(' ');
-    const ascii = bytes.map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('');
-    lines.push(`${line.toString(16).padStart(8, '0')}  ${hex.padEnd(47)}  |${ascii}|`);
-  }
-  return lines;
 }
 
 const hex = (n: number | bigint, digits: number): string => `0x${n.toString(16).padStart(digits, '0')}`;
@@ -106,7 +58,7 @@ export function main(argv: readonly string[], ctx: Vfio = vfio, log: (line: stri
   if (positionals.length !== 2) return bad('expected <address> <bar>');
   const [address, barText] = positionals as [string, string];
   const barIndex = num(barText);
-  const width = Number(values.width ?? '32') as Width;
+  const width = Number(values.width ?? '32') as AccessWidth;
   const offset = num(values.offset ?? '0');
   const length = num(values.length ?? '256');
   if (!(barIndex >= 0 && barIndex <= 5)) return bad(`<bar> must be 0 to 5, got ${barText}`);
@@ -136,13 +88,19 @@ export function main(argv: readonly string[], ctx: Vfio = vfio, log: (line: stri
         : 'through pread/pwrite';
     log(`BAR${barIndex} of ${dev.address} (${dev.mode} mode): ${bar.size} bytes, ${how}`);
     if (pokeAt !== null) {
-      poke(bar, pokeAt.offset, width, pokeAt.value);
+      // One store of exactly `width` bits: devices answer only the accesses
+      // they implement (edu: 32-bit below 0x80), so never bytewise.
+      bar.write(pokeAt.offset, width, pokeAt.value);
       log(`poke ${hex(pokeAt.offset, 8)} (${width}-bit) <- ${hex(pokeAt.value, width / 4)}`);
     }
-    if (peekAt !== null) log(`peek ${hex(peekAt, 8)} (${width}-bit) = ${hex(peek(bar, peekAt, width), width / 4)}`);
+    if (peekAt !== null) log(`peek ${hex(peekAt, 8)} (${width}-bit) = ${hex(bar.read(peekAt, width), width / 4)}`);
     if ((pokeAt === null && peekAt === null) || values.length !== undefined) {
       if (offset >= bar.size) return bad(`--offset ${hex(offset, 1)} is past the end of the ${bar.size}-byte BAR`);
-      for (const line of dump(bar, offset, Math.min(length, bar.size - offset), width)) log(line);
+      for (const line of bar
+        .hexdump(offset, Math.min(length, bar.size - offset), width)
+        .trimEnd()
+        .split('\n'))
+        log(line);
     }
     return 0;
   } catch (err) {

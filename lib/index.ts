@@ -16,6 +16,7 @@ export { Device, type DeviceInfo, type DeviceResource } from './core/device.js';
 export { DmaBuffer, type DmaMapOptions, type DmaAllocOptions } from './core/dma.js';
 export { ConfigSpace, Irqs, IrqSet, IrqVector, Region, IRQ_INDEX, CAP_ID, EXT_CAP_ID } from './device/index.js';
 export type {
+  AccessWidth,
   EnableOptions,
   HotResetInfo,
   IrqInfo,

@@ -5,6 +5,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { canonicalPciAddress } from '../host/pci-address.js';
 import { VfioError } from '../base/errors.js';
+import type { AccessWidth } from '../device/hexdump.js';
 
 /** A mistake in how the command was called: exit code 2. */
 export class UsageError extends Error {
@@ -81,7 +82,8 @@ export function nonNegativeInt(text: string, what: string): number {
 }
 
 /** Register access widths, in bits. */
-export type Width = 8 | 16 | 32 | 64;
+/** A register access width in bits (the Region's own type). */
+export type Width = AccessWidth;
 const WIDTHS: readonly number[] = [8, 16, 32, 64];
 
 /** @throws UsageError unless `text` is 8, 16, 32 or 64. */

@@ -5,8 +5,6 @@ import { nonNegativeInt, pciAddress, registerValue, stringOption, UsageError, wi
 import type { Command } from './command.js';
 import { EXIT } from './command.js';
 import { hex, json } from './format.js';
-import { hexdump } from './hexdump.js';
-import type { Region } from '../device/region.js';
 
 interface Access {
   readonly op: 'read' | 'write';
@@ -34,32 +32,6 @@ function parseWrite(text: string, defaultWidth: Width): Access {
   if (m === null) throw new UsageError(`--write takes offset=value[:width], got ${JSON.stringify(text)}`);
   const w = m[3] === undefined ? defaultWidth : width(m[3]);
   return { op: 'write', offset: nonNegativeInt(m[1] as string, '--write offset'), width: w, value: registerValue(m[2] as string, w) };
-}
-
-function readWord(bar: Region, offset: number, w: Width): bigint {
-  switch (w) {
-    case 8:
-      return BigInt(bar.read8(offset));
-    case 16:
-      return BigInt(bar.read16(offset));
-    case 32:
-      return BigInt(bar.read32(offset));
-    case 64:
-      return bar.read64(offset);
-  }
-}
-
-function writeWord(bar: Region, offset: number, w: Width, value: bigint): void {
-  switch (w) {
-    case 8:
-      return bar.write8(offset, Number(value));
-    case 16:
-      return bar.write16(offset, Number(value));
-    case 32:
-      return bar.write32(offset, Number(value));
-    case 64:
-      return bar.write64(offset, value);
-  }
 }
 
 /** Offsets must be aligned to the access width: a device sees one access, never two halves. */
@@ -143,10 +115,10 @@ Examples:
       if (flag(args, 'json')) {
         const words: string[] = [];
         for (let at = dumpOffset; at < dumpOffset + length; at += defaultWidth / 8)
-          words.push(hex(readWord(region, at, defaultWidth), defaultWidth / 4));
+          words.push(hex(region.read(at, defaultWidth), defaultWidth / 4));
         env.out(json({ offset: dumpOffset, length, width: defaultWidth, words }));
       } else {
-        env.out(hexdump((at, w) => readWord(region, at, w), dumpOffset, length, defaultWidth));
+        env.out(region.hexdump(dumpOffset, length, defaultWidth));
       }
       return EXIT.ok;
     }
@@ -157,8 +129,8 @@ Examples:
     }
     const lines: string[] = [];
     for (const a of accesses) {
-      if (a.op === 'read') a.value = readWord(region, a.offset, a.width);
-      else writeWord(region, a.offset, a.width, a.value);
+      if (a.op === 'read') a.value = region.read(a.offset, a.width);
+      else region.write(a.offset, a.width, a.value);
       lines.push(`${hex(a.offset, 8)}/${a.width} ${a.op === 'read' ? '=' : '<-'} ${hex(a.value, a.width / 4)}`);
     }
     env.out(flag(args, 'json') ? json(accesses) : lines.join('\n') + '\n');

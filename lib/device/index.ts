@@ -167,6 +167,7 @@ export { Irqs, IrqSet, IrqVector, IRQ_INDEX } from './irqs.js';
 export type { EnableOptions, IrqInfo, IrqKind, Unsubscribe, WaitOptions } from './irqs.js';
 export { Region } from './region.js';
 export type { MmioViews, OpenRegionOptions } from './region.js';
+export type { AccessWidth } from './hexdump.js';
 export type { MapBarOptions } from './bar.js';
 export type { RegionArea, RegionInfo, RegionType } from './region-info.js';
 export type { DependentDevice, HotResetInfo } from './reset.js';

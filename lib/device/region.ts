@@ -30,6 +30,7 @@ import { usageError, VfioError } from '../base/errors.js';
 import { validateBigInt, validateBytes, validateInteger, validateOptions, validateSpan, type Where } from '../base/validate.js';
 import { MAP_SHARED, PROT_READ, PROT_WRITE } from '../libc/sys.js';
 import { resourceClosed, type DeviceHandle } from './handle.js';
+import { hexdump, type AccessWidth } from './hexdump.js';
 import type { RegionArea, RegionInfo } from './region-info.js';
 
 // Typed arrays use the host's byte order and PCI is little-endian; every
@@ -289,6 +290,71 @@ export class Region implements Disposable {
       this.#scratch.writeBigUInt64LE(v, 0);
       this.#rw(offset, 8, true);
     }
+  }
+
+  // --- width chosen at run time -------------------------------------------
+
+  /**
+   * One access of `width` bits at `offset`, the width chosen at run time (a
+   * command line, a register table): exactly what read8/16/32/64 does, the
+   * value as a bigint.
+   * @throws VfioError EINVAL `width` is not 8, 16, 32 or 64, or the offset is
+   *   outside the range or not aligned to the width; EACCES the region is not
+   *   readable; ECLOSED; pread's errors.
+   */
+  read(offset: number, width: AccessWidth): bigint {
+    switch (width) {
+      case 8:
+        return BigInt(this.read8(offset));
+      case 16:
+        return BigInt(this.read16(offset));
+      case 32:
+        return BigInt(this.read32(offset));
+      case 64:
+        return this.read64(offset);
+      default:
+        throw this.#badWidth(width);
+    }
+  }
+
+  /**
+   * One store of `width` bits at `offset`, the width chosen at run time:
+   * exactly what write8/16/32/64 does.
+   * @throws VfioError EINVAL `width` is not 8, 16, 32 or 64, `value` does not
+   *   fit it, or the offset is outside the range or not aligned to the width;
+   *   EACCES the region is not writable; ECLOSED; pwrite's errors.
+   */
+  write(offset: number, width: AccessWidth, value: bigint | number): void {
+    if (width === 64) return this.write64(offset, value);
+    if (width !== 8 && width !== 16 && width !== 32) throw this.#badWidth(width);
+    // A bigint that fits the width is that number; one that does not is
+    // refused in the words of the fixed-width store.
+    const v = typeof value === 'bigint' ? (value >= 0n && value < 1n << BigInt(width) ? Number(value) : value) : value;
+    if (typeof v === 'bigint') throw usageError('EINVAL', `value ${v} does not fit ${width} bits`, { device: this.#h.address });
+    if (width === 8) this.write8(offset, v);
+    else if (width === 16) this.write16(offset, v);
+    else this.write32(offset, v);
+  }
+
+  /**
+   * A hex + ASCII dump of `length` bytes from `offset`, read in `width`-bit
+   * accesses (see hexdump.ts): for looking at device memory, which may answer
+   * only accesses of its registers' width.
+   * @throws VfioError as read(); EINVAL `offset` or `length` is not a
+   *   multiple of the width.
+   */
+  hexdump(offset: number, length: number, width: AccessWidth = 32): string {
+    if (width !== 8 && width !== 16 && width !== 32 && width !== 64) throw this.#badWidth(width);
+    if (!Number.isSafeInteger(length) || length < 0 || length % (width / 8) !== 0 || offset % (width / 8) !== 0) {
+      throw usageError('EINVAL', `offset ${offset} and length ${length} must be multiples of ${width / 8} (the ${width}-bit width)`, {
+        device: this.#h.address,
+      });
+    }
+    return hexdump((at) => this.read(at, width), offset, length, width);
+  }
+
+  #badWidth(width: unknown): VfioError {
+    return usageError('EINVAL', `access width ${String(width)} is not 8, 16, 32 or 64 bits`, { device: this.#h.address });
   }
 
   // --- bulk copies -----------------------------------------------------------

@@ -141,6 +141,51 @@ t.test('widths, bounds and alignment on a mapped BAR', async (t) => {
   t.throws(() => bar.copyIn(0xff0, new Uint8Array(17)), { code: 'EINVAL' });
 });
 
+t.test('read/write with the width chosen at run time: the fixed-width accessors, their errors; hexdump at that width', async (t) => {
+  const r = rig({ devices: [memoryDevice()], log: true });
+  t.teardown(() => r.dispose());
+  const { io } = r.open('0000:00:05.0');
+  for (const noMmap of [false, true]) {
+    const bar = io.mapBar(0, { offset: 0x40000, size: 0x1000, noMmap });
+    const how = noMmap ? 'pread/pwrite' : 'mapped';
+    bar.write(0, 8, 0x11);
+    bar.write(1, 8, 0x22n);
+    bar.write(2, 16, 0x4433);
+    t.equal(bar.read32(0), 0x44332211, `${how}: 8- and 16-bit stores`);
+    bar.write(4, 32, 0xddccbbaan);
+    bar.write(8, 64, 0x0123456789abcdefn);
+    t.equal(bar.read(0, 8), 0x11n);
+    t.equal(bar.read(2, 16), 0x4433n);
+    t.equal(bar.read(4, 32), 0xddccbbaan);
+    t.equal(bar.read(8, 64), 0x0123456789abcdefn, `${how}: every width reads back`);
+    bar.write(8, 64, 7);
+    t.equal(bar.read64(8), 7n, 'a number is taken at 64 bits too');
+    // The errors of the fixed-width accessors, word for word.
+    t.throws(() => bar.read(6, 32), { code: 'EINVAL', message: /aligned/ });
+    t.throws(() => bar.read(0x1000, 8), { code: 'EINVAL', message: /outside/ });
+    t.throws(() => bar.write(3, 16, 0), { code: 'EINVAL', message: /aligned/ });
+    t.throws(() => bar.write(0, 16, 0x10000), { code: 'EINVAL', message: /does not fit 16 bits/ });
+    t.throws(() => bar.write(0, 8, 0x100n), { code: 'EINVAL', message: /value 256 does not fit 8 bits/ });
+    t.throws(() => bar.write(0, 32, -1n), { code: 'EINVAL', message: /does not fit 32 bits/ });
+    t.throws(() => bar.write(0, 64, 1n << 64n), { code: 'EINVAL', message: /does not fit 64 bits/ });
+    t.throws(() => bar.read(0, 24 as 32), { code: 'EINVAL', message: /width 24 is not 8, 16, 32 or 64/ });
+    t.throws(() => bar.write(0, 12 as 8, 0), { code: 'EINVAL', message: /width 12/ });
+    t.equal(bar.read32(0), 0x44332211, `${how}: a refused store stored nothing`);
+    t.equal(bar.hexdump(0, 16, 32), '00000000  11 22 33 44 aa bb cc dd 07 00 00 00 00 00 00 00  |.\"3D............|\n', `${how}: hexdump`);
+    t.throws(() => bar.hexdump(2, 16, 32), { code: 'EINVAL', message: /multiples of 4/ });
+    t.throws(() => bar.hexdump(0, 6, 32), { code: 'EINVAL', message: /multiples of 4/ });
+    bar.close();
+    t.throws(() => bar.read(0, 32), { code: 'ECLOSED' });
+    t.throws(() => bar.write(0, 8, 0), { code: 'ECLOSED' });
+  }
+  // hexdump reads whole words at its width, never bytewise.
+  const bar = io.mapBar(0, { offset: 0x40000, size: 0x1000, noMmap: true });
+  const reads = (): number => r.kernel.log.filter((c) => c.syscall === 'pread64' || c.method === 'pread').length;
+  const before = reads();
+  bar.hexdump(0, 32, 64);
+  t.equal(reads() - before, 4, 'four 64-bit reads for 32 bytes');
+});
+
 t.test('memory decoding: mapBar turns it on before mapping', async (t) => {
   const r = rig();
   t.teardown(() => r.dispose());
