@@ -130,7 +130,8 @@ export class Borrower {
     const seals = sys.getSeals(memfd);
     if ((seals & SHARED_MEMFD_SEALS) !== SHARED_MEMFD_SEALS) {
       throw protocolError(
-        `buffer "${grant.name}": its memfd is not sealed against shrinking and growing (seals 0x${seals.toString(16)}); mapping it would let any holder make this process SIGBUS`,
+        `buffer "${grant.name}": its memfd is not sealed against shrinking and growing (seals 0x${seals.toString(16)}); ` +
+          'mapping it would let any holder make this process SIGBUS',
       );
     }
     const probe = new Uint8Array(1);

@@ -121,7 +121,8 @@ export class Lease {
       if (this.blocks.size + 1 > this.quota.windows || held + size > this.quota.bytes) {
         throw usageError(
           'EDQUOT',
-          `${this.borrower} holds ${this.blocks.size} IOVA windows of ${held} bytes; its quota is ${this.quota.windows} windows, ${this.quota.bytes} bytes`,
+          `${this.borrower} holds ${this.blocks.size} IOVA windows of ${held} bytes; ` +
+            `its quota is ${this.quota.windows} windows, ${this.quota.bytes} bytes`,
         );
       }
     }

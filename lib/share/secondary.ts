@@ -82,7 +82,8 @@ export async function connectPrimary(v: Vfio, path: string, opts: ConnectOptions
       if (err instanceof VfioError && err.code === 'ECONNRESET') {
         throw usageError(
           'ECONNRESET',
-          `the primary at ${path} closed the connection at hello: it serves only the uids it allows (this process runs as uid ${uid}), or it has all the connections it takes`,
+          `the primary at ${path} closed the connection at hello: it serves only the uids it allows ` +
+            `(this process runs as uid ${uid}), or it has all the connections it takes`,
           { path, cause: err },
         );
       }

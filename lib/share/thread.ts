@@ -138,7 +138,8 @@ export class ThreadLease {
     if (this.takeBack() === ADOPTED && opts?.force !== true) {
       throw usageError(
         'EBUSY',
-        'a thread adopted this ticket and still holds what it adopted: it closes its ThreadBorrow first (or end({ force: true }) once it is gone)',
+        'a thread adopted this ticket and still holds what it adopted: ' +
+          'it closes its ThreadBorrow first (or end({ force: true }) once it is gone)',
       );
     }
     this.state = 'ended';
