@@ -86,7 +86,8 @@ Examples:
         } catch (err) {
           if (err instanceof CliFailure && /ENOENT/.test(err.message) && isVfioDriver(pfDriver)) {
             throw new CliFailure(
-              `${err.message}; vfio-pci creates VFs only with enable_sriov=1: echo 1 | sudo tee /sys/module/vfio_pci/parameters/enable_sriov (or load it with vfio-pci.enable_sriov=1)`,
+              `${err.message}; vfio-pci creates VFs only with enable_sriov=1: ` +
+                'echo 1 | sudo tee /sys/module/vfio_pci/parameters/enable_sriov (or load it with vfio-pci.enable_sriov=1)',
             );
           }
           throw err;

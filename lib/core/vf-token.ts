@@ -49,7 +49,8 @@ export function explainTokenRefusal(err: unknown, roots: Roots, address: string,
     if (pf !== null) {
       detail =
         token === null
-          ? `a VF token is needed: its PF ${pf} is bound to vfio-pci, which opens the PF's VFs only with the VF token set on the PF (Device.setVfToken on the PF, then open the VF with { vfToken })`
+          ? `a VF token is needed: its PF ${pf} is bound to vfio-pci, which opens the PF's VFs only with the VF token set on the PF ` +
+            '(Device.setVfToken on the PF, then open the VF with { vfToken })'
           : `a VF token is needed that matches the one set on its PF ${pf}: the one given was refused`;
     } else {
       detail =

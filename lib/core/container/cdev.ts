@@ -223,7 +223,8 @@ export class CdevBackend implements ContainerBackend {
           device: desc.address,
           path: desc.cdevNode ?? undefined,
           detail:
-            `a VF token in the cdev bind (VFIO_DEVICE_BIND_FLAG_TOKEN) needs Linux 6.17 or later; this kernel is ${release?.text ?? 'of unknown release'}: ` +
+            'a VF token in the cdev bind (VFIO_DEVICE_BIND_FLAG_TOKEN) needs Linux 6.17 or later; ' +
+            `this kernel is ${release?.text ?? 'of unknown release'}: ` +
             'open the device in group mode, which takes the token on every kernel',
           cause: err,
         });
