@@ -785,7 +785,8 @@ export const constants = {
 } as const;
 
 /** Every string constant (a macro that is one string literal), by name. */
-export const strings = {} as const;
+export const strings = {
+} as const;
 
 /** Every struct and union layout, by C tag. */
 export const layouts = {
