@@ -26,8 +26,8 @@
 # Knobs (environment): VFIO_VM_KERNELS (default "6.12"; "6.12 newest" for
 # both; --kernels),
 # VFIO_VM_MODES (default "group cdev noiommu"; --modes), VFIO_VM_TIMEOUT (per
-# boot, default 300 s), VFIO_VM_FILE_TIMEOUT (per guest test file, default
-# 120 s), VFIO_VM_KEEP=1 (keep the run directory with each
+# boot, default 900 s), VFIO_VM_FILE_TIMEOUT (per guest test file, default
+# 300 s), VFIO_VM_KEEP=1 (keep the run directory with each
 # boot's console.log), VFIO_VM_VERBOSE=1 (stream the guest consoles live),
 # VFIO_VM_CACHE (kernel cache root), VFIO_VM_JOBS (kernel build parallelism,
 # default 3), VFIO_VM_PARALLEL (suite boots at once, default 2).
@@ -36,9 +36,9 @@ set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-boot_timeout=${VFIO_VM_TIMEOUT:-300}
+boot_timeout=${VFIO_VM_TIMEOUT:-900}
 # The guest suite's limit per test file (guest-suite.sh), passed on to the guest.
-file_timeout=${VFIO_VM_FILE_TIMEOUT:-120}
+file_timeout=${VFIO_VM_FILE_TIMEOUT:-300}
 [[ $file_timeout =~ ^[1-9][0-9]*$ && $boot_timeout =~ ^[1-9][0-9]*$ ]] \
   || { printf 'test:vm: ERROR: VFIO_VM_TIMEOUT and VFIO_VM_FILE_TIMEOUT must be positive numbers of seconds\n' >&2; exit 2; }
 
