@@ -328,9 +328,9 @@ export class Region implements Disposable {
     if (width === 64) return this.write64(offset, value);
     if (width !== 8 && width !== 16 && width !== 32) throw this.#badWidth(width);
     // A bigint that fits the width is that number; one that does not is
-    // refused in the words of the fixed-width store.
-    const v = typeof value === 'bigint' ? (value >= 0n && value < 1n << BigInt(width) ? Number(value) : value) : value;
-    if (typeof v === 'bigint') throw usageError('EINVAL', `value ${v} does not fit ${width} bits`, { device: this.#h.address });
+    // refused in the validators' words, as the fixed-width stores refuse.
+    if (typeof value === 'bigint') validateBigInt(value, 'value', 0n, (1n << BigInt(width)) - 1n, this.#where);
+    const v = typeof value === 'bigint' ? Number(value) : value;
     if (width === 8) this.write8(offset, v);
     else if (width === 16) this.write16(offset, v);
     else this.write32(offset, v);
