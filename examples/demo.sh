@@ -77,7 +77,7 @@ echo
 echo \"== nvme-identify: QEMU's NVMe controller at \$VFIO_VM_NVME ($mode mode), serial on QEMU's command line: \$VFIO_VM_NVME_SERIAL\"
 node dist/examples/nvme/identify.js \"\$VFIO_VM_NVME\" >/tmp/nvme-identify.txt
 cat /tmp/nvme-identify.txt
-grep -q \"serial     \$VFIO_VM_NVME_SERIAL\\\$\" /tmp/nvme-identify.txt || { echo 'demo: the serial read does not match the one on QEMU's command line' >&2; exit 1; }
+grep -q \"serial     \$VFIO_VM_NVME_SERIAL\\\$\" /tmp/nvme-identify.txt || { echo 'demo: the serial read does not match the one on the QEMU command line' >&2; exit 1; }
 echo
 echo '== nvme-io: a multi-page write/read through PRP lists, two queues on their own MSI-X vectors'
 node dist/examples/nvme/io.js \"\$VFIO_VM_NVME\" --queues 2
