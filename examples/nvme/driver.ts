@@ -59,7 +59,17 @@ const PAGE = 4096;
 /** Entries per queue: a 64-entry SQ is one page; QD32 fits with room to spare. */
 const QUEUE_DEPTH = 64;
 
-const ADMIN = { deleteSq: 0x00, createSq: 0x01, deleteCq: 0x04, createCq: 0x05, identify: 0x06, setFeatures: 0x09 } as const;
+const ADMIN = {
+  deleteSq: 0x00,
+  createSq: 0x01,
+  deleteCq: 0x04,
+  createCq: 0x05,
+  identify: 0x06,
+  setFeatures: 0x09,
+  virtualizationManagement: 0x1c,
+} as const;
+/** Identify's CNS values this driver uses (NVMe Base Specification, Identify command). */
+const CNS = { namespace: 0x00, controller: 0x01, secondaryControllerList: 0x15 } as const;
 const IO = { write: 0x01, read: 0x02 } as const;
 
 // --- status codes as typed errors ---------------------------------------------
@@ -178,7 +188,44 @@ export interface ControllerInfo {
   readonly version: string;
   /** Largest transfer in bytes (MDTS), capped at what one PRP list page describes. */
   readonly maxTransfer: number;
+  /** The controller's id in its NVM subsystem (CNTLID): a primary controller's, for Virtualization Management. */
+  readonly id: number;
 }
+
+/**
+ * One entry of an SR-IOV primary controller's Secondary Controller List
+ * (Identify CNS 15h): the NVMe controller behind one VF.
+ */
+export interface SecondaryController {
+  /** Secondary controller id (SCID), the `controller` of {@link VirtualizationAction}s for this VF. */
+  readonly id: number;
+  /** The VF it is served through, 1-based (VFN): VF n is sysfs `virtfn{n-1}` of the PF. */
+  readonly vfNumber: number;
+  /** Online (SCS bit 0): only an online secondary controller answers on its VF's BAR0 (CSTS.CFS is set otherwise). */
+  readonly online: boolean;
+  /** Flexible queue resources assigned to it (NVQ; its admin queue counts as one). */
+  readonly queues: number;
+  /** Flexible interrupt resources assigned to it (NVI). */
+  readonly vectors: number;
+}
+
+/**
+ * A Virtualization Management action (admin opcode 1Ch): how an SR-IOV
+ * primary controller hands its flexible resources to the controllers behind
+ * its VFs. `resource` is what `count` counts: queues (VQ) or interrupt
+ * vectors (VI).
+ * - `primary-allocate`: keep `count` flexible resources for the primary
+ *   controller itself; takes effect at its next reset (FLR), which frees the
+ *   rest for secondaries.
+ * - `secondary-assign`: give `count` resources to the (offline) secondary
+ *   controller `controller`.
+ * - `secondary-online` / `secondary-offline`: bring it online (its VF's
+ *   BAR0 then works) or offline (resources and resource type are ignored).
+ */
+export type VirtualizationAction =
+  | { readonly action: 'primary-allocate'; readonly resource: 'queues' | 'vectors'; readonly count: number }
+  | { readonly action: 'secondary-assign'; readonly controller: number; readonly resource: 'queues' | 'vectors'; readonly count: number }
+  | { readonly action: 'secondary-online' | 'secondary-offline'; readonly controller: number };
 
 export interface NamespaceInfo {
   readonly id: number;
@@ -199,6 +246,8 @@ export interface NvmeOpenOptions {
   readonly completions?: 'interrupt' | 'poll';
   /** Reach BAR0 with pread/pwrite instead of a mapping (slower; a doorbell then orders on any CPU). */
   readonly noMmap?: boolean;
+  /** The VF token, when the controller is an SR-IOV VF whose PF is on vfio-pci (see `Device.setVfToken`). */
+  readonly vfToken?: string;
 }
 
 /** A controller, enabled, identified, with its I/O queues created. */
@@ -222,7 +271,7 @@ export class Nvme implements AsyncDisposable {
   static async open(ctx: Vfio, address: string, opts: NvmeOpenOptions = {}): Promise<Nvme> {
     const ioQueues = opts.ioQueues ?? 2;
     if (!Number.isInteger(ioQueues) || ioQueues < 1 || ioQueues > 64) throw new RangeError(`ioQueues ${ioQueues} is not 1..64`);
-    const dev = ctx.openDevice(address);
+    const dev = ctx.openDevice(address, opts.vfToken === undefined ? {} : { vfToken: opts.vfToken });
     let nvme: Nvme | undefined;
     try {
       nvme = new Nvme(dev, ioQueues, opts);
@@ -250,6 +299,11 @@ export class Nvme implements AsyncDisposable {
 
   get address(): string {
     return this.#dev.address;
+  }
+
+  /** The VFIO device under the driver (for what the driver does not wrap, e.g. `setVfToken` on a PF). */
+  get device(): Device {
+    return this.#dev;
   }
 
   /** The VFIO mode the device is driven in. */
@@ -286,6 +340,55 @@ export class Nvme implements AsyncDisposable {
   /** Writes `blocks` logical blocks at `lba` from `buf` at `offset` (a multiple of 4), through I/O queue `queue`. */
   write(lba: bigint | number, blocks: number, buf: DmaBuffer, offset = 0, queue = 1): Promise<void> {
     return this.#rw(IO.write, 'Write', BigInt(lba), blocks, buf, offset, queue);
+  }
+
+  /**
+   * The Secondary Controller List of an SR-IOV primary controller (Identify
+   * CNS 15h): one entry per VF the controller can serve, whether or not the
+   * VF exists yet. Rejects with an NvmeStatusError on a controller without
+   * SR-IOV (Invalid Field in Command).
+   */
+  async secondaryControllers(): Promise<SecondaryController[]> {
+    using page = this.#dev.container.allocDma(PAGE);
+    await this.#submit(this.#admin, 'Identify (Secondary Controller List)', {
+      opcode: ADMIN.identify,
+      prp1: page.iova,
+      cdw10: CNS.secondaryControllerList,
+    });
+    const dv = new DataView(page.bytes.buffer, page.bytes.byteOffset, PAGE);
+    const list: SecondaryController[] = [];
+    // Byte 0: number of entries; 32-byte entries from byte 32.
+    for (let i = 0, n = dv.getUint8(0); i < n; i++) {
+      const at = 32 + 32 * i;
+      list.push({
+        id: dv.getUint16(at, true),
+        online: (dv.getUint8(at + 4) & 1) === 1,
+        vfNumber: dv.getUint16(at + 8, true),
+        queues: dv.getUint16(at + 10, true),
+        vectors: dv.getUint16(at + 12, true),
+      });
+    }
+    return list;
+  }
+
+  /**
+   * Sends one Virtualization Management command (see
+   * {@link VirtualizationAction}) and resolves with the number of resources
+   * the controller reports allocated (completion DW0). Rejects with an
+   * NvmeStatusError when the controller refuses (e.g. not enough flexible
+   * resources, the secondary controller online).
+   */
+  async virtualizationManagement(v: VirtualizationAction): Promise<number> {
+    const ACT = { 'primary-allocate': 0x1, 'secondary-offline': 0x7, 'secondary-assign': 0x8, 'secondary-online': 0x9 } as const;
+    const controller = v.action === 'primary-allocate' ? this.#controller.id : v.controller;
+    const resource = 'resource' in v && v.resource === 'vectors' ? 1 : 0;
+    const count = 'count' in v ? v.count : 0;
+    if (!Number.isInteger(count) || count < 0 || count > 0xffff) throw new RangeError(`count ${count} is not 0..65535`);
+    return this.#submit(this.#admin, `Virtualization Management (${v.action})`, {
+      opcode: ADMIN.virtualizationManagement,
+      cdw10: ACT[v.action] | (resource << 8) | (controller << 16),
+      cdw11: count,
+    });
   }
 
   /** Orderly shutdown (step 8), then releases the device and every buffer. Safe to call twice. */
@@ -357,7 +460,7 @@ export class Nvme implements AsyncDisposable {
 
   async #identifyController(): Promise<ControllerInfo> {
     using page = this.#dev.container.allocDma(PAGE);
-    await this.#submit(this.#admin, 'Identify Controller', { opcode: ADMIN.identify, prp1: page.iova, cdw10: 1 });
+    await this.#submit(this.#admin, 'Identify Controller', { opcode: ADMIN.identify, prp1: page.iova, cdw10: CNS.controller });
     const b = page.bytes;
     const dv = new DataView(b.buffer, b.byteOffset, PAGE);
     const text = (at: number, len: number): string =>
@@ -375,12 +478,13 @@ export class Nvme implements AsyncDisposable {
       firmware: text(64, 8),
       version: `${vs >>> 16}.${(vs >> 8) & 0xff}.${vs & 0xff}`,
       maxTransfer: maxPages * PAGE,
+      id: dv.getUint16(78, true),
     };
   }
 
   async #identifyNamespace(id: number): Promise<NamespaceInfo> {
     using page = this.#dev.container.allocDma(PAGE);
-    await this.#submit(this.#admin, 'Identify Namespace', { opcode: ADMIN.identify, nsid: id, prp1: page.iova, cdw10: 0 });
+    await this.#submit(this.#admin, 'Identify Namespace', { opcode: ADMIN.identify, nsid: id, prp1: page.iova, cdw10: CNS.namespace });
     const dv = new DataView(page.bytes.buffer, page.bytes.byteOffset, PAGE);
     const format = dv.getUint8(26) & 0xf;
     const lbads = (dv.getUint32(128 + 4 * format, true) >> 16) & 0xff;

@@ -1,17 +1,43 @@
 // SR-IOV VF tokens on a real kernel: QEMU's nvme as an SR-IOV physical
 // function (VFIO_VM_NVME_PF, bound to vfio-pci, vfio_pci.enable_sriov=1 on
-// the command line; see test/vm/README.md). The test creates two VFs through
-// sriov_numvfs (vfio-pci binds them itself), then checks vfio-pci's token
-// rules through the library: a VF opened without a token or with a wrong one
-// is EACCES with a message that says a VF token is needed; with the token
-// set on the PF it opens and its config space and BAR0 read; a PF released
-// while its VF is open leaves the VF working, and opens again only with the
-// current token. In cdev mode the token needs Linux 6.17+
-// (VFIO_DEVICE_BIND_FLAG_TOKEN): before, it is ENOTSUP naming the kernel.
+// the command line; see test/vm/README.md), driven by the example NVMe
+// driver (examples/nvme) the way a user's PF driver would:
+//   1. the primary controller gives up its flexible queue and interrupt
+//      resources (Virtualization Management, "primary allocate 0"), which
+//      takes effect at its next FLR (the next open: vfio-pci resets a
+//      function when it is opened and when it is released);
+//   2. with the PF open again, two VFs are created through sriov_numvfs
+//      (vfio-pci binds them itself);
+//   3. the PF hands VF 1's secondary controller 2 queues (admin + 1 I/O) and
+//      1 vector and brings it online. Until then QEMU's VF is a controller
+//      in fatal status (CSTS.CFS) whose registers read 0;
+//   4. vfio-pci's token rules through the library: with the PF open, a VF
+//      opened without a token or with a wrong one is EACCES with a message
+//      that says a VF token is needed; with the token set on the PF it opens,
+//      and its config space and BAR0 (CAP, CSTS) read as an NVMe controller;
+//   5. released while its VF is open, the PF opens again only with the
+//      current token (vfio-pci: "VFs of this PF are open").
+// QEMU 7.2 quirk that orders the steps: a PF's FLR unregisters its VFs but
+// leaves VF Enable set in config space (fixed in QEMU 9.0, "pcie_sriov:
+// Reset SR-IOV extended capability"), so Linux's restore after the reset
+// sees VFs enabled and does not re-create them: in QEMU every VF is gone
+// after any reset of its PF while Linux still lists it (its config space
+// reads all-ones: the first real-kernel run saw "not ready after FLR" and a
+// SIGBUS on BAR0; releasing such a VF then waits 65 s for its FLR). Hence
+// VFs are created only while the PF is open, and before step 5 the PF's
+// reset methods are turned off (sysfs reset_method, restored at the end) so
+// that its release and reopening keep the VF alive. On hardware the FLR
+// clears VF Enable and Linux re-creates the VFs in their reset state.
+// cdev mode: the token travels in VFIO_DEVICE_BIND_FLAG_TOKEN from Linux 6.17
+// on. Before it, the kernel checks no token at all on a cdev bind (the check
+// lives in the group path's match callback): a VF opens without one, and the
+// library refuses a token it cannot pass (ENOTSUP naming the kernel) rather
+// than drop it silently.
 import t from 'tap';
 import { readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import { createVfio } from '../../../lib/index.js';
+import { createVfio, type Device } from '../../../lib/index.js';
+import { Nvme } from '../../../examples/nvme/driver.js';
 import { koffiSys } from '../../../lib/libc/koffi-sys.js';
 import { errorOf, guestEnv } from './guest-env.js';
 
@@ -23,20 +49,11 @@ if (env === null) {
   t.plan(0, 'VF tokens need vfio-pci with an IOMMU (group or cdev mode)');
 } else if (pf === undefined) {
   t.plan(0, 'this boot has no SR-IOV PF (VFIO_VM_NVME_PF)');
-} else if (process.env.VFIO_VM_SRIOV_PENDING !== 'run') {
-  // Seen on 6.12 (the first real-kernel run, stop 11): group mode's token
-  // rules hold (EACCES without a token and with a wrong one, config space
-  // reads with the right one), but QEMU's nvme VF is inaccessible (D3cold,
-  // "not ready after FLR") until the PF brings its secondary controller
-  // online, so the BAR0 read below dies with SIGBUS; and 6.12's cdev bind
-  // opens a VF with no token at all, which this test's cdev branch does not
-  // expect. Both need the test reworked against a real run before it gates CI.
-  t.plan(0, 'pending rework: QEMU nvme VFs need their secondary controller online before BAR0 reads; 6.12 cdev opens VFs without a token');
 } else {
   const TOKEN = '5d8f1c4e-2b7a-4e39-9c61-0a3f5b7d9e21';
   const WRONG = '11111111-2222-3333-4444-555555555555';
   const sysfs = (a: string, f: string): string => `/sys/bus/pci/devices/${a}/${f}`;
-  const release = readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
+  const release = env.kernel;
   const [major, minor] = release.split('.').map(Number) as [number, number];
   const cdevTokens = major > 6 || (major === 6 && minor >= 17);
   const v = createVfio({ sys: koffiSys, env: { VFIO_MODE: env.mode } });
@@ -47,20 +64,52 @@ if (env === null) {
 
   t.test(`${env.mode} mode on Linux ${release}: VFs of a PF on vfio-pci and their token`, async (t) => {
     t.equal(basename(readlinkSync(sysfs(pf, 'driver'))), 'vfio-pci', 'the PF is on vfio-pci');
-    if (readFileSync(sysfs(pf, 'sriov_numvfs'), 'utf8').trim() !== '2') {
-      writeFileSync(sysfs(pf, 'sriov_numvfs'), '0');
-      writeFileSync(sysfs(pf, 'sriov_numvfs'), '2');
+    t.equal(readFileSync(sysfs(pf, 'sriov_numvfs'), 'utf8').trim(), '0', 'the boot starts with no VF');
+
+    // Step 1.
+    {
+      await using primary = await Nvme.open(v, pf, { ioQueues: 1 });
+      t.ok((await primary.secondaryControllers()).length >= 2, 'the PF lists a secondary controller per VF');
+      await primary.virtualizationManagement({ action: 'primary-allocate', resource: 'queues', count: 0 });
+      await primary.virtualizationManagement({ action: 'primary-allocate', resource: 'vectors', count: 0 });
     }
+    // Step 2: the open's FLR applies step 1; the PF stays open until step 5.
+    const primary = await Nvme.open(v, pf, { ioQueues: 1 });
+    t.teardown(() => primary.close());
+    writeFileSync(sysfs(pf, 'sriov_numvfs'), '2');
     const vf = basename(readlinkSync(sysfs(pf, 'virtfn0')));
     t.equal(basename(readlinkSync(sysfs(vf, 'driver'))), 'vfio-pci', 'vfio-pci took its own VF (driver_override)');
     t.equal(basename(readlinkSync(sysfs(vf, 'physfn'))), pf);
 
-    const pfDev = v.openDevice(pf);
-    const none = errorOf(() => v.openDevice(vf));
-    t.comment(`a VF opened without a token: ${typeof none === 'string' ? none : `${none.code} ${none.message}`}`);
-    t.match(none, { code: 'EACCES', message: /a VF token is needed/ });
+    // Step 3.
+    const sc = (await primary.secondaryControllers()).find((c) => c.vfNumber === 1);
+    if (sc === undefined) throw new Error('no secondary controller for VF 1');
+    await primary.virtualizationManagement({ action: 'secondary-assign', controller: sc.id, resource: 'queues', count: 2 });
+    await primary.virtualizationManagement({ action: 'secondary-assign', controller: sc.id, resource: 'vectors', count: 1 });
+    await primary.virtualizationManagement({ action: 'secondary-online', controller: sc.id });
+    t.match(
+      (await primary.secondaryControllers()).find((c) => c.id === sc.id),
+      { online: true, queues: 2, vectors: 1 },
+      `secondary controller ${sc.id} (VF 1) is online with 2 queues and 1 vector`,
+    );
+    const pfDev = primary.device;
 
+    // Step 4.
+    const vendor = Number(readFileSync(sysfs(vf, 'vendor'), 'utf8'));
+    const readsAsNvme = (dev: Device, what: string): void => {
+      t.equal(dev.config.read16(0), vendor, `${what}: the VF's config space reads its vendor id`);
+      const bar = dev.mapBar(0);
+      const cap = bar.read64(0);
+      t.not(cap, 0xffffffffffffffffn, `${what}: BAR0 reads (CAP 0x${cap.toString(16)})`);
+      t.equal((cap >> 37n) & 1n, 1n, `${what}: CAP says the NVM command set`);
+      t.equal(bar.read32(0x1c) & 2, 0, `${what}: CSTS.CFS is clear (the secondary controller is online)`);
+      bar.close();
+    };
     if (env.mode === 'cdev' && !cdevTokens) {
+      const vfDev = v.openDevice(vf);
+      t.pass(`Linux ${release} checks no VF token on a cdev bind (6.17+ does): the VF opens without one`);
+      readsAsNvme(vfDev, 'opened without a token');
+      vfDev.release();
       pfDev.setVfToken(TOKEN);
       t.match(
         errorOf(() => v.openDevice(vf, { vfToken: TOKEN })),
@@ -68,11 +117,13 @@ if (env === null) {
           code: 'ENOTSUP',
           message: new RegExp(`needs Linux 6\\.17 or later; this kernel is ${release.replace(/[.+]/g, '\\$&')}`),
         },
+        'a token it cannot pass is refused, not dropped',
       );
-      pfDev.release();
       return;
     }
-
+    const none = errorOf(() => v.openDevice(vf));
+    t.comment(`a VF opened without a token: ${typeof none === 'string' ? none : `${none.code} ${none.message}`}`);
+    t.match(none, { code: 'EACCES', message: /a VF token is needed/ });
     t.match(
       errorOf(() => v.openDevice(vf, { vfToken: TOKEN })),
       { code: 'EACCES' },
@@ -84,16 +135,12 @@ if (env === null) {
     t.match(wrong, { code: 'EACCES', message: /VF token is needed that matches/ });
 
     const vfDev = v.openDevice(vf, { vfToken: TOKEN });
-    const vendor = Number(readFileSync(sysfs(vf, 'vendor'), 'utf8'));
-    t.equal(vfDev.config.read16(0), vendor, 'the VF config space reads its vendor id');
-    const cap = vfDev.mapBar(0).read32(0);
-    t.not(cap, 0xffffffff, `BAR0 reads (NVMe CAP low 0x${cap.toString(16)})`);
-    t.not(cap, 0);
+    readsAsNvme(vfDev, 'opened with the token');
 
-    // vfio-pci keeps VFs open across a release of their PF, and then opens
-    // the PF only with the current token.
-    pfDev.release();
-    t.equal(vfDev.config.read16(0), vendor, 'the VF still works with its PF released');
+    // Step 5 (reset methods off: see the top).
+    writeFileSync(sysfs(pf, 'reset_method'), '\n');
+    t.teardown(() => writeFileSync(sysfs(pf, 'reset_method'), 'default'));
+    await primary.close();
     t.match(
       errorOf(() => v.openDevice(pf)),
       { code: 'EACCES', message: /VFs of this PF are open/ },
