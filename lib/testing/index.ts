@@ -13,6 +13,6 @@ export {
   type RegionSpec,
 } from './pci-spec.js';
 export { edu, EDU_ID, type EduOptions } from './edu.js';
-export { nvme, NVME_VENDOR, NVME_DEVICE, NVME_CLASS, NVME_STATUS, type NvmeOptions } from './nvme.js';
+export { nvme, nvmeSriov, NVME_VENDOR, NVME_DEVICE, NVME_CLASS, NVME_STATUS, type NvmeOptions, type NvmeSriovOptions } from './nvme.js';
 export type { DeviceModel, DeviceContext, IrqKind } from './device-model.js';
 export { errnoNumber } from './errors.js';

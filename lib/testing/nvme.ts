@@ -32,6 +32,19 @@
 //   before it enables the controller, as Linux's nvme driver does. Without
 //   MSI-X: MSI vector 0 if enabled, else INTx asserted while a queue with
 //   interrupts on has entries the host has not consumed.
+// - SR-IOV (`nvmeSriov`: QEMU's `sriov_max_vfs`, `sriov_vq_flexible`,
+//   `sriov_vi_flexible`, `sriov_max_vq_per_vf`, `sriov_max_vi_per_vf`, with
+//   QEMU's rules from ctrl.c): the PF answers Identify CNS 15h (Secondary
+//   Controller List) and Virtualization Management (1Ch). Its flexible
+//   queues and vectors start allocated to itself; "primary allocate N"
+//   takes effect at its next function reset (FLR), which also takes every
+//   secondary controller offline. A secondary controller is given resources
+//   while offline (at most the per-VF maxima and what is free), and goes
+//   online only with at least 2 queues (admin + 1) and 1 vector and its VF
+//   present. A VF whose secondary controller is offline reads 0 in every
+//   register but CSTS, which says CFS, and ignores every store; online, it
+//   is a controller with `queues - 1` I/O queue pairs. Not modelled: QEMU
+//   7.2's loss of the VFs at a PF FLR (a QEMU bug, see test/vm/README.md).
 // - Time: commands are fetched when the device sees the doorbell (its next
 //   tick: device-model.ts), never inside the store that rang it, and
 //   complete in that tick. A completion queue that is full holds its
@@ -80,6 +93,10 @@ export const NVME_STATUS = {
   invalidQueueSize: 0x102,
   invalidVector: 0x108,
   invalidQueueDeletion: 0x10c,
+  invalidControllerId: 0x11f,
+  invalidSecondaryControllerState: 0x120,
+  invalidNumberOfResources: 0x121,
+  invalidResourceId: 0x122,
 } as const;
 /** Do Not Retry: set on every error this model returns (none is transient). */
 const DNR = 0x4000;
@@ -92,6 +109,7 @@ const ADMIN = {
   identify: 0x06,
   setFeatures: 0x09,
   getFeatures: 0x0a,
+  virtualizationManagement: 0x1c,
 } as const;
 const IO = { flush: 0x00, write: 0x01, read: 0x02 } as const;
 const FEATURE_NUM_QUEUES = 0x07;
@@ -160,9 +178,25 @@ class NvmeModel implements DeviceModel {
   /** Doorbells written through pwrite since the last tick. */
   private readonly rung = new Set<number>();
 
-  constructor(private readonly o: Required<Omit<NvmeOptions, keyof PciDeviceSpec>>) {
-    this.grantedPairs = o.ioQueuePairs;
+  constructor(
+    private readonly o: Required<Omit<NvmeOptions, keyof PciDeviceSpec>>,
+    /** SR-IOV: the PF's resource books, and which of its VFs this is (1-based; 0: the PF itself). */
+    private readonly sriov: { readonly books: SriovBooks; readonly vfn: number } | null = null,
+  ) {
+    this.grantedPairs = this.maxPairs;
     this.bells = new Uint32Array(2 * (o.ioQueuePairs + 1));
+  }
+
+  /** I/O queue pairs the controller has now: a PF's private plus its flexible share, a VF's assigned queues less its admin queue. */
+  private get maxPairs(): number {
+    if (this.sriov === null) return this.o.ioQueuePairs;
+    const { books, vfn } = this.sriov;
+    return vfn === 0 ? books.primaryPairs : Math.max(books.secondary[vfn - 1]!.nvq - 1, 0);
+  }
+
+  /** A VF whose secondary controller is offline: registers read 0 but CSTS (CFS), stores are ignored (QEMU 7.2). */
+  private get offline(): boolean {
+    return this.sriov !== null && this.sriov.vfn !== 0 && !this.sriov.books.secondary[this.sriov.vfn - 1]!.online;
   }
 
   private get cap(): bigint {
@@ -178,6 +212,8 @@ class NvmeModel implements DeviceModel {
   }
 
   reset(ctx: DeviceContext): void {
+    // A PF's FLR takes its secondary controllers offline and applies its next flexible allocation (nvme_ctrl_reset).
+    if (this.sriov?.vfn === 0) this.sriov.books.functionReset();
     // A function reset (FLR) resets the controller; the namespace's data is on the "disk" and stays.
     this.controllerReset(ctx);
     this.cc = 0;
@@ -198,6 +234,7 @@ class NvmeModel implements DeviceModel {
   read(ctx: DeviceContext, bar: number, offset: number, width: AccessWidth): bigint {
     if (bar !== 0 || offset % width !== 0) return 0n;
     if (offset >= DOORBELLS) return 0n; // QEMU: doorbells are write-only and read as 0
+    if (this.offline && offset !== REG.csts) return 0n;
     const mem = ctx.bar(0);
     let v = 0n;
     for (let i = width - 1; i >= 0; i--) v = (v << 8n) | BigInt(mem[offset + i]!);
@@ -205,7 +242,7 @@ class NvmeModel implements DeviceModel {
   }
 
   write(ctx: DeviceContext, bar: number, offset: number, width: AccessWidth, value: bigint): void {
-    if (bar !== 0 || offset % width !== 0) return;
+    if (bar !== 0 || offset % width !== 0 || this.offline) return;
     const mem = ctx.bar(0);
     for (let i = 0; i < width; i++) mem[offset + i] = Number((value >> BigInt(8 * i)) & 0xffn);
     // A doorbell written through pwrite counts even when it repeats the last value.
@@ -218,6 +255,14 @@ class NvmeModel implements DeviceModel {
 
   private publish(ctx: DeviceContext): void {
     const dv = new DataView(ctx.bar(0).buffer, ctx.bar(0).byteOffset, REG_WINDOW);
+    if (this.offline) {
+      // Through a mapping too: stores are undone, every register reads 0 but CSTS.
+      ctx.bar(0).fill(0, 0, REG_WINDOW);
+      this.cc = 0;
+      dv.setUint32(REG.csts, CSTS_CFS, true);
+      this.shown.set(ctx.bar(0).subarray(0, REG_WINDOW));
+      return;
+    }
     dv.setBigUint64(REG.cap, this.cap, true);
     dv.setUint32(REG.vs, 0x00010400, true);
     dv.setUint32(REG.cc, this.cc, true);
@@ -226,6 +271,7 @@ class NvmeModel implements DeviceModel {
   }
 
   private absorb(ctx: DeviceContext): void {
+    if (this.offline) return;
     const mem = ctx.bar(0);
     const dv = new DataView(mem.buffer, mem.byteOffset, mem.byteLength);
     const cc = dv.getUint32(REG.cc, true);
@@ -319,7 +365,7 @@ class NvmeModel implements DeviceModel {
     this.dropQueues(ctx);
     this.readyAt = null;
     this.csts = 0;
-    this.grantedPairs = this.o.ioQueuePairs;
+    this.grantedPairs = this.maxPairs;
   }
 
   private get pageSize(): number {
@@ -429,7 +475,7 @@ class NvmeModel implements DeviceModel {
         if (qid === 0 || qid > this.grantedPairs || this.cqs.has(qid)) throw new NvmeError(NVME_STATUS.invalidQid);
         if (qsize < 2 || qsize > MQES + 1) throw new NvmeError(NVME_STATUS.invalidQueueSize);
         const vector = cdw11 >>> 16;
-        if (vector > this.o.ioQueuePairs) throw new NvmeError(NVME_STATUS.invalidVector);
+        if (vector > this.maxPairs) throw new NvmeError(NVME_STATUS.invalidVector);
         if ((cdw11 & 1) === 0 || prp1 === 0n || prp1 % BigInt(this.pageSize) !== 0n) throw new NvmeError(NVME_STATUS.invalidField);
         this.cqs.set(qid, this.newCq(ctx, qid, prp1, qsize, (cdw11 & 2) !== 0, vector));
         return 0;
@@ -456,6 +502,10 @@ class NvmeModel implements DeviceModel {
         return 0;
       case ADMIN.identify:
         return this.identify(ctx, c, cdw10 & 0xff);
+      case ADMIN.virtualizationManagement:
+        // QEMU: a controller without SR-IOV has no secondary controller to name.
+        if (this.sriov?.vfn !== 0) throw new NvmeError(NVME_STATUS.invalidControllerId);
+        return this.sriov.books.manage(cdw10 & 0xf, (cdw10 >> 8) & 7, cdw10 >>> 16, cdw11 & 0xffff);
       case ADMIN.setFeatures:
       case ADMIN.getFeatures: {
         if ((cdw10 & 0xff) !== FEATURE_NUM_QUEUES) return 0;
@@ -463,7 +513,7 @@ class NvmeModel implements DeviceModel {
           const nsq = (cdw11 & 0xffff) + 1;
           const ncq = (cdw11 >>> 16) + 1;
           if (nsq === 0x10000 || ncq === 0x10000) throw new NvmeError(NVME_STATUS.invalidField);
-          this.grantedPairs = Math.min(this.o.ioQueuePairs, Math.max(nsq, ncq));
+          this.grantedPairs = Math.min(this.maxPairs, Math.max(nsq, ncq));
         }
         // Allocated counts, 0's based (QEMU answers its maximum whatever was asked).
         return (((this.grantedPairs - 1) << 16) | (this.grantedPairs - 1)) >>> 0;
@@ -493,6 +543,7 @@ class NvmeModel implements DeviceModel {
       ascii(24, 40, this.o.modelNumber);
       ascii(64, 8, '7.2.0');
       page[77] = this.o.mdts;
+      dv.setUint16(78, this.sriov === null ? 0 : this.sriov.vfn === 0 ? 0 : this.sriov.books.secondary[this.sriov.vfn - 1]!.scid, true); // CNTLID
       dv.setUint32(80, 0x00010400, true); // VER
       page[512] = 0x66; // SQES: 64-byte entries
       page[513] = 0x44; // CQES: 16-byte entries
@@ -508,6 +559,8 @@ class NvmeModel implements DeviceModel {
       dv.setUint32(128, 9 << 16, true); // LBAF0: 512-byte blocks, no metadata
     } else if (cns === 2) {
       if (nsid < 1) dv.setUint32(0, 1, true); // namespaces above nsid: just 1
+    } else if (cns === 0x15 && this.sriov?.vfn === 0) {
+      this.sriov.books.list(dv);
     } else throw new NvmeError(NVME_STATUS.invalidField);
     this.transfer(ctx, c, page.byteLength, (bus, off, len) => ctx.dmaWrite(bus, page.subarray(off, off + len)));
     return 0;
@@ -604,16 +657,9 @@ class NvmeModel implements DeviceModel {
   }
 }
 
-/**
- * QEMU's NVMe controller (`-device nvme,serial=...`) as a fake PCI device, at
- * 0000:00:04.0 in group 4 unless told otherwise: BAR0 of 16 KiB with the
- * MSI-X table at 0x2000 and the PBA at 0x3000 (mmap-able, MSIX_MAPPABLE, as
- * Linux 6.12 reports it), `ioQueuePairs + 1` MSI-X vectors, MSI off, INTx.
- * Pass `bars` through `sparse` to model a kernel that excludes the MSI-X
- * pages from the mapping.
- */
-export function nvme(opts: NvmeOptions & { readonly sparseBar0?: boolean } = {}): PciDeviceDescription {
-  const { serial, modelNumber, blocks, mdts, ioQueuePairs, timeout, readyMs, sparseBar0, ...spec } = opts;
+/** The model's options with QEMU's defaults, checked. */
+function nvmeOptions(opts: NvmeOptions): Required<Omit<NvmeOptions, keyof PciDeviceSpec>> {
+  const { serial, modelNumber, blocks, mdts, ioQueuePairs, timeout, readyMs } = opts;
   const o = {
     serial: serial ?? 'fake-nvme-0',
     modelNumber: modelNumber ?? 'QEMU NVMe Ctrl',
@@ -629,6 +675,170 @@ export function nvme(opts: NvmeOptions & { readonly sparseBar0?: boolean } = {})
     throw new RangeError(`nvme ioQueuePairs ${o.ioQueuePairs} is not 1..64`);
   if (!Number.isInteger(o.timeout) || o.timeout < 1 || o.timeout > 255) throw new RangeError(`nvme timeout ${o.timeout} is not 1..255`);
   if (!(o.readyMs >= 0)) throw new RangeError(`nvme readyMs ${o.readyMs} is not a number of milliseconds`);
+  return o;
+}
+
+/** QEMU's SR-IOV properties of an nvme PF (`-device nvme,sriov_max_vfs=...`). */
+export interface NvmeSriovOptions {
+  /** sriov_vq_flexible: queues (admin queues included) the PF can hand to VFs; at least 2 per VF. */
+  readonly vqFlexible: number;
+  /** sriov_vi_flexible: interrupt vectors the PF can hand to VFs; at least 1 per VF. */
+  readonly viFlexible: number;
+  /** sriov_max_vq_per_vf (default vqFlexible / VFs, QEMU's). */
+  readonly maxVqPerVf?: number;
+  /** sriov_max_vi_per_vf (default viFlexible / VFs, QEMU's). */
+  readonly maxViPerVf?: number;
+}
+
+/** A secondary controller (one per VF) as the Secondary Controller List shows it. */
+interface Secondary {
+  readonly scid: number;
+  online: boolean;
+  nvq: number;
+  nvi: number;
+}
+
+/** The PF's flexible-resource books (QEMU's pri_ctrl_cap and sec_ctrl_list), shared by the PF's and its VFs' models. */
+class SriovBooks {
+  readonly secondary: Secondary[];
+  /** Flexible queues / vectors allocated to the primary now (VQRFAP / VIRFAP) and from its next FLR on. */
+  private vqrfap: number;
+  private virfap: number;
+  private nextVqrfap: number;
+  private nextVirfap: number;
+
+  constructor(
+    /** The PF's max_ioqpairs: its queues, admin included, are this + 1. */
+    private readonly maxIoqpairs: number,
+    readonly vfs: number,
+    private readonly o: Required<NvmeSriovOptions>,
+  ) {
+    // Secondary controller ids follow the primary's (0), one per VF (QEMU: cntlid + 1 + i).
+    this.secondary = Array.from({ length: vfs }, (_, i) => ({ scid: i + 1, online: false, nvq: 0, nvi: 0 }));
+    this.vqrfap = this.nextVqrfap = o.vqFlexible;
+    this.virfap = this.nextVirfap = o.viFlexible;
+  }
+
+  /** The primary's I/O queue pairs now: its private queues plus its flexible share, less the admin queue. */
+  get primaryPairs(): number {
+    return this.maxIoqpairs + 1 - this.o.vqFlexible + this.vqrfap - 1;
+  }
+
+  functionReset(): void {
+    for (const s of this.secondary) s.online = false;
+    this.vqrfap = this.nextVqrfap;
+    this.virfap = this.nextVirfap;
+  }
+
+  /** Identify CNS 15h: byte 0 the count, 32-byte entries from byte 32 (SCID, PCID, SCS, VFN, NVQ, NVI). */
+  list(dv: DataView): void {
+    dv.setUint8(0, this.secondary.length);
+    this.secondary.forEach((s, i) => {
+      const at = 32 + 32 * i;
+      dv.setUint16(at, s.scid, true);
+      dv.setUint16(at + 2, 0, true);
+      dv.setUint8(at + 4, s.online ? 1 : 0);
+      dv.setUint16(at + 8, i + 1, true);
+      dv.setUint16(at + 10, s.nvq, true);
+      dv.setUint16(at + 12, s.nvi, true);
+    });
+  }
+
+  /** Virtualization Management (nvme_virt_mngmt): returns completion DW0 or throws the status QEMU 7.2 gives. */
+  manage(action: number, resource: number, cntlid: number, nr: number): number {
+    if (resource !== 0 && resource !== 1) throw new NvmeError(NVME_STATUS.invalidResourceId);
+    const vectors = resource === 1;
+    const total = vectors ? this.o.viFlexible : this.o.vqFlexible;
+    const inSecondaries = this.secondary.reduce((n, s) => n + (vectors ? s.nvi : s.nvq), 0);
+    const s = this.secondary.find((e) => e.scid === cntlid);
+    switch (action) {
+      case 0x1: // primary flexible allocation, effective at the next FLR
+        if (cntlid !== 0) throw new NvmeError(NVME_STATUS.invalidControllerId);
+        if (nr > total) throw new NvmeError(NVME_STATUS.invalidNumberOfResources);
+        if (nr > total - inSecondaries) throw new NvmeError(NVME_STATUS.invalidResourceId);
+        if (vectors) this.nextVirfap = nr;
+        else this.nextVqrfap = nr;
+        return nr;
+      case 0x8: {
+        // secondary assign
+        if (s === undefined) throw new NvmeError(NVME_STATUS.invalidControllerId);
+        if (s.online) throw new NvmeError(NVME_STATUS.invalidSecondaryControllerState);
+        if (nr > (vectors ? this.o.maxViPerVf : this.o.maxVqPerVf)) throw new NvmeError(NVME_STATUS.invalidNumberOfResources);
+        const free = total - (vectors ? this.virfap : this.vqrfap) - inSecondaries;
+        if (nr - (vectors ? s.nvi : s.nvq) > free) throw new NvmeError(NVME_STATUS.invalidResourceId);
+        if (vectors) s.nvi = nr;
+        else s.nvq = nr;
+        return nr;
+      }
+      case 0x9: // secondary online: needs resources and its VF
+        if (s === undefined) throw new NvmeError(NVME_STATUS.invalidControllerId);
+        if (s.nvi === 0 || s.nvq < 2) throw new NvmeError(NVME_STATUS.invalidSecondaryControllerState);
+        s.online = true;
+        return 0;
+      case 0x7: // secondary offline: its resources go back
+        if (s === undefined) throw new NvmeError(NVME_STATUS.invalidControllerId);
+        s.online = false;
+        s.nvi = s.nvq = 0;
+        return 0;
+      default:
+        throw new NvmeError(NVME_STATUS.invalidField);
+    }
+  }
+}
+
+/**
+ * QEMU's nvme as an SR-IOV physical function with its VFs already created
+ * (the fake kernel's VFs are fixed at construction: they are the PF's
+ * sriov_numvfs): `pf` describes the PF (`sriov.totalVfs` is set to the
+ * number of `vfs`), each of `vfs` a VF (`physfn` is set to the PF's
+ * address). The PF keeps `ioQueuePairs + 1 - vqFlexible` queues and
+ * `ioQueuePairs + 1 - viFlexible` vectors of its own; the rest it hands to
+ * the VFs' secondary controllers through Virtualization Management (see the
+ * top of this file). Returns the PF's description, then the VFs'.
+ */
+export function nvmeSriov(
+  pf: NvmeOptions & { readonly address: string },
+  vfs: readonly (NvmeOptions & { readonly address: string })[],
+  sriov: NvmeSriovOptions,
+): PciDeviceDescription[] {
+  const n = vfs.length;
+  if (n < 1) throw new RangeError('nvmeSriov needs at least one VF');
+  const maxIoqpairs = pf.ioQueuePairs ?? 64;
+  const o: Required<NvmeSriovOptions> = {
+    vqFlexible: sriov.vqFlexible,
+    viFlexible: sriov.viFlexible,
+    maxVqPerVf: sriov.maxVqPerVf ?? Math.floor(sriov.vqFlexible / n),
+    maxViPerVf: sriov.maxViPerVf ?? Math.floor(sriov.viFlexible / n),
+  };
+  // QEMU's nvme_check_params for SR-IOV.
+  if (!Number.isInteger(o.vqFlexible) || o.vqFlexible < 2 * n || o.vqFlexible > maxIoqpairs)
+    throw new RangeError(`nvme vqFlexible ${o.vqFlexible} is not ${2 * n}..${maxIoqpairs} (2 per VF, within ioQueuePairs)`);
+  if (!Number.isInteger(o.viFlexible) || o.viFlexible < n || o.viFlexible > maxIoqpairs)
+    throw new RangeError(`nvme viFlexible ${o.viFlexible} is not ${n}..${maxIoqpairs} (1 per VF, within the vectors)`);
+  if (!Number.isInteger(o.maxVqPerVf) || o.maxVqPerVf < 2 || !Number.isInteger(o.maxViPerVf) || o.maxViPerVf < 1)
+    throw new RangeError(`nvme maxVqPerVf ${o.maxVqPerVf} / maxViPerVf ${o.maxViPerVf} are below 2 / 1`);
+  const books = new SriovBooks(maxIoqpairs, n, o);
+  const withModel = (d: PciDeviceDescription, vfn: number, opts: NvmeOptions): PciDeviceDescription => {
+    const base = nvmeOptions(opts);
+    return { ...d, model: () => new NvmeModel(base, { books, vfn }) };
+  };
+  return [
+    withModel(nvme({ ...pf, sriov: { totalVfs: n } }), 0, pf),
+    ...vfs.map((vf, i) => withModel(nvme({ ...vf, physfn: pf.address }), i + 1, vf)),
+  ];
+}
+
+/**
+ * QEMU's NVMe controller (`-device nvme,serial=...`) as a fake PCI device, at
+ * 0000:00:04.0 in group 4 unless told otherwise: BAR0 of 16 KiB with the
+ * MSI-X table at 0x2000 and the PBA at 0x3000 (mmap-able, MSIX_MAPPABLE, as
+ * Linux 6.12 reports it), `ioQueuePairs + 1` MSI-X vectors, MSI off, INTx.
+ * Pass `bars` through `sparse` to model a kernel that excludes the MSI-X
+ * pages from the mapping.
+ */
+export function nvme(opts: NvmeOptions & { readonly sparseBar0?: boolean } = {}): PciDeviceDescription {
+  const { serial, modelNumber, blocks, mdts, ioQueuePairs, timeout, readyMs, sparseBar0, ...spec } = opts;
+  const o = nvmeOptions({ serial, modelNumber, blocks, mdts, ioQueuePairs, timeout, readyMs });
   return pciDevice({
     address: '0000:00:04.0',
     group: 4,
