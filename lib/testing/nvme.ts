@@ -543,7 +543,9 @@ class NvmeModel implements DeviceModel {
       ascii(24, 40, this.o.modelNumber);
       ascii(64, 8, '7.2.0');
       page[77] = this.o.mdts;
-      dv.setUint16(78, this.sriov === null ? 0 : this.sriov.vfn === 0 ? 0 : this.sriov.books.secondary[this.sriov.vfn - 1]!.scid, true); // CNTLID
+      // CNTLID: a primary's (or a lone controller's) is 0; a VF's is its secondary controller id.
+      const vfn = this.sriov?.vfn ?? 0;
+      dv.setUint16(78, vfn === 0 ? 0 : this.sriov!.books.secondary[vfn - 1]!.scid, true);
       dv.setUint32(80, 0x00010400, true); // VER
       page[512] = 0x66; // SQES: 64-byte entries
       page[513] = 0x44; // CQES: 16-byte entries
