@@ -7,9 +7,11 @@
 // Guarantees:
 // - After release — or the container's close — every method and `fd` throw
 //   ECLOSED. release() is idempotent.
-// - Resources built on the device (its device I/O, and anything registered
-//   with `own()`) are closed, newest first, before the device fd is, so the
-//   kernel can still be told to drop eventfds and mappings.
+// - What is built on the device is closed before the device fd is, so the
+//   kernel can still be told to drop eventfds and mappings: first anything
+//   registered with `own()` (newest first: such a resource may still use the
+//   device's BARs and interrupts while it closes), then the device I/O
+//   (regions, interrupts, config space).
 // - Opening a device does no I/O on it: getInfo() asks the kernel when
 //   called; info() asks once and remembers; device I/O starts on first use.
 import { closedError, usageError, VfioError } from '../base/errors.js';
@@ -28,15 +30,7 @@ import {
   vfio_device_info,
 } from '../uapi/vfio.js';
 import type { Container } from './container/container.js';
-import {
-  DeviceIo,
-  type ConfigSpace,
-  type HotResetInfo,
-  type Irqs,
-  type MapBarOptions,
-  type Region,
-  type RegionInfo,
-} from '../device/index.js';
+import { DeviceIo } from '../device/index.js';
 import type { DeviceBasics, DeviceHandle, DeviceMode } from '../device/handle.js';
 
 /** What VFIO_DEVICE_GET_INFO says about a device. */
@@ -110,7 +104,12 @@ export function readDeviceInfo(sys: Sys, fd: Fd, address: string, path?: string)
   };
 }
 
-export class Device implements Disposable, DeviceHandle {
+/**
+ * An open device. Its device I/O (`mapBar`, `regionInfo`, `regions`,
+ * `mapRegion`, `config`, `irqs`, `reset`, `hotResetInfo`, `hotReset`) is
+ * inherited from lib/device's DeviceIo.
+ */
+export class Device extends DeviceIo implements Disposable, DeviceHandle {
   /** Canonical PCI address (`0000:00:03.0`). */
   readonly address: string;
   /** The container the device is set up in. */
@@ -118,7 +117,6 @@ export class Device implements Disposable, DeviceHandle {
   private fdSlot: Fd | null;
   private readonly owned: DeviceResource[] = [];
   private basics: DeviceInfo | null = null;
-  private ioSlot: DeviceIo | null = null;
   private readonly releaseFromContainer: () => void;
 
   /** @internal Devices come from Vfio.openDevice. */
@@ -130,6 +128,7 @@ export class Device implements Disposable, DeviceHandle {
     fd: Fd,
     releaseFromContainer: () => void,
   ) {
+    super();
     this.container = container;
     this.address = address;
     this.fdSlot = fd;
@@ -224,60 +223,6 @@ export class Device implements Disposable, DeviceHandle {
     return this.container.groupFd(groupId);
   }
 
-  // --- device I/O (lib/device) ------------------------------------------
-
-  /** Region info for `index`, capabilities decoded. */
-  regionInfo(index: number): RegionInfo {
-    return this.io.regionInfo(index);
-  }
-
-  /** Info for every region the device has. */
-  regions(): RegionInfo[] {
-    return this.io.regions();
-  }
-
-  /** Maps BAR `bar` (mmap where the region allows it, else pread/pwrite), its decoding enabled. */
-  mapBar(bar: number, opts: MapBarOptions = {}): Region {
-    return this.io.mapBar(bar, opts);
-  }
-
-  /** Opens any region (ROM, VGA, device-specific ones) for access. */
-  mapRegion(index: number, opts: MapBarOptions = {}): Region {
-    return this.io.mapRegion(index, opts);
-  }
-
-  /** PCI config space. */
-  get config(): ConfigSpace {
-    return this.io.config;
-  }
-
-  /** The device's interrupts. */
-  get irqs(): Irqs {
-    return this.io.irqs;
-  }
-
-  /** Function reset (VFIO_DEVICE_RESET). */
-  reset(): void {
-    this.io.reset();
-  }
-
-  /** The devices a hot reset of this one would also reset. */
-  hotResetInfo(): HotResetInfo {
-    return this.io.hotResetInfo();
-  }
-
-  /** Hot reset of the device's slot or bus. */
-  hotReset(): void {
-    this.io.hotReset();
-  }
-
-  /** The device I/O layer, made on first use and closed before the fd. */
-  private get io(): DeviceIo {
-    this.assertOpen();
-    if (this.ioSlot === null) this.ioSlot = this.own(new DeviceIo(this));
-    return this.ioSlot;
-  }
-
   /**
    * Registers a resource built on this device, closed (newest first) before
    * the device fd when the device is released. Returns it.
@@ -299,14 +244,7 @@ export class Device implements Disposable, DeviceHandle {
    */
   release(): void {
     if (this.fdSlot === null) return;
-    const owned = this.owned.splice(0).reverse();
-    teardown([
-      ...owned.map((r) => () => r.close()),
-      () => {
-        this.fdSlot = null;
-        this.releaseFromContainer();
-      },
-    ]);
+    this.shutDown(this.releaseFromContainer);
   }
 
   /** Same as release(). */
@@ -323,11 +261,24 @@ export class Device implements Disposable, DeviceHandle {
    * close what was built on it and stop handing out the fd.
    */
   invalidate(): void {
+    this.shutDown(null);
+  }
+
+  /**
+   * release() and invalidate(): what was built on the device (owned
+   * resources newest first, then its regions, interrupts and config space)
+   * is closed while the fd is still open; then the fd is no longer handed
+   * out and `undoSetup` (the container's part) runs. Every step runs; the
+   * first error is thrown.
+   */
+  private shutDown(undoSetup: (() => void) | null): void {
     const owned = this.owned.splice(0).reverse();
     teardown([
       ...owned.map((r) => () => r.close()),
+      () => this.closeIo(),
       () => {
         this.fdSlot = null;
+        undoSetup?.();
       },
     ]);
   }

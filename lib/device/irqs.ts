@@ -20,6 +20,7 @@
 //   interrupt that has already arrived costs no trip through the event loop.
 // - A vector that has been waited on holds one more fd (its watcher's dup of
 //   the eventfd, on the event-loop path) until its set is disabled.
+import { teardown, withUnwind } from '../base/cleanup.js';
 import { CountQueue } from '../base/count-queue.js';
 import { usageError, VfioError } from '../base/errors.js';
 import { validateInteger, validateOneOf, validateOptions } from '../base/validate.js';
@@ -137,21 +138,20 @@ function setIrqs(h: DeviceHandle, index: number, flags: number, start: number, c
  * kernel); all closed again if a step fails.
  */
 function openEventfds(h: DeviceHandle, n: number, wire: (fds: readonly Fd[]) => void): Fd[] {
-  const fds: Fd[] = [];
   try {
-    for (let i = 0; i < n; i++) fds.push(h.sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    wire(fds);
-  } catch (err) {
-    for (const fd of fds) {
-      try {
-        h.sys.close(fd);
-      } catch {
-        // Already failing with the error that matters.
+    return withUnwind((u) => {
+      const fds: Fd[] = [];
+      for (let i = 0; i < n; i++) {
+        const fd = h.sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        u.defer(() => h.sys.close(fd));
+        fds.push(fd);
       }
-    }
+      wire(fds);
+      return fds;
+    });
+  } catch (err) {
     throw err instanceof VfioError ? err.annotate({ device: h.address }) : err;
   }
-  return fds;
 }
 
 /** One vector of an enabled IrqSet: its eventfd and the ways to wait for it. */
@@ -505,21 +505,8 @@ export class IrqSet implements Disposable {
     // Guard first; then the kernel drops its references to the eventfds;
     // then, even if it refused, listeners end and the eventfds are closed.
     this.#enabled = false;
-    let first: unknown;
-    try {
-      this.#onDisable(this);
-    } catch (err) {
-      first = err;
-    }
-    for (const v of this.#vectors) v[END]();
-    for (const fd of this.#fds) {
-      try {
-        this.#h.sys.close(fd);
-      } catch (err) {
-        first ??= err;
-      }
-    }
-    if (first !== undefined) throw first;
+    const sys = this.#h.sys;
+    teardown([() => this.#onDisable(this), ...this.#vectors.map((v) => () => v[END]()), ...this.#fds.map((fd) => () => sys.close(fd))]);
   }
 
   [Symbol.dispose](): void {
@@ -712,16 +699,11 @@ export class Irqs implements Disposable {
    */
   close(): void {
     if (this.#closed) return;
-    let first: unknown;
-    for (const set of [...this.#sets.values()]) {
-      try {
-        set.disable();
-      } catch (err) {
-        first ??= err;
-      }
+    try {
+      teardown([...this.#sets.values()].map((set) => () => set.disable()));
+    } finally {
+      this.#closed = true;
     }
-    this.#closed = true;
-    if (first !== undefined) throw first;
   }
 
   [Symbol.dispose](): void {

@@ -27,6 +27,7 @@
 // - Leaks nothing: a failing mmap unmaps the mappings made before it.
 import { endianness } from 'node:os';
 import { usageError, VfioError } from '../base/errors.js';
+import { teardown, withUnwind } from '../base/cleanup.js';
 import { validateBigInt, validateBytes, validateInteger, validateOptions, validateSpan, type Where } from '../base/validate.js';
 import { MAP_SHARED, PROT_READ, PROT_WRITE } from '../libc/sys.js';
 import { resourceClosed, type DeviceHandle } from './handle.js';
@@ -468,22 +469,28 @@ export class Region implements Disposable {
     if (!this.#closed) {
       this.#closed = true;
       this.#whole = null;
-      for (const s of this.#segments) if (s.kind === 'mmap') this.#unmapping.push({ addr: s.addr, length: s.length });
-      for (const s of this.#segments) if (s.kind === 'mmap') Object.assign(s, EMPTY);
-    }
-    let first: unknown;
-    const left: { addr: bigint; length: number }[] = [];
-    for (const m of this.#unmapping) {
-      try {
-        this.#h.sys.munmap(m.addr, m.length);
-      } catch (err) {
-        left.push(m);
-        first ??= err instanceof VfioError ? err.annotate({ device: this.#h.address, detail: `unmapping ${this.info.name}` }) : err;
+      for (const s of this.#segments) {
+        if (s.kind !== 'mmap') continue;
+        this.#unmapping.push({ addr: s.addr, length: s.length });
+        Object.assign(s, EMPTY);
       }
     }
-    this.#unmapping = left;
-    if (left.length === 0) this.#onClose?.(this);
-    if (first !== undefined) throw first;
+    const h = this.#h;
+    const pending = this.#unmapping;
+    this.#unmapping = [];
+    teardown([
+      ...pending.map((m) => () => {
+        try {
+          h.sys.munmap(m.addr, m.length);
+        } catch (err) {
+          this.#unmapping.push(m);
+          throw err instanceof VfioError ? err.annotate({ device: h.address, detail: `unmapping ${this.info.name}` }) : err;
+        }
+      }),
+      () => {
+        if (this.#unmapping.length === 0) this.#onClose?.(this);
+      },
+    ]);
   }
 
   [Symbol.dispose](): void {
@@ -775,7 +782,7 @@ export function openRegion(h: DeviceHandle, info: RegionInfo, opts: OpenRegionOp
   const prot = (info.readable ? PROT_READ : 0) | (info.writable ? PROT_WRITE : 0);
   const segments: Segment[] = [];
   let at = lo;
-  try {
+  withUnwind((u) => {
     for (const p of mappablePieces(info, opts, lo, hi, page)) {
       const start = Math.max(p.start, lo);
       const end = Math.min(p.end, hi);
@@ -790,6 +797,7 @@ export function openRegion(h: DeviceHandle, info: RegionInfo, opts: OpenRegionOp
           ? err.annotate({ device: h.address, detail: `mapping ${info.name} [0x${mapStart.toString(16)}, +0x${length.toString(16)})` })
           : err;
       }
+      u.defer(() => h.sys.munmap(addr, length));
       // SAFETY: the mapping stays alive until Region.close() unmaps it, and
       // close() sets the guard every accessor checks before doing so.
       const u8 = h.sys.view(addr, length);
@@ -806,17 +814,6 @@ export function openRegion(h: DeviceHandle, info: RegionInfo, opts: OpenRegionOp
       at = end;
     }
     if (at < hi) segments.push({ kind: 'rw', start: at - lo, end: hi - lo });
-  } catch (err) {
-    for (const s of segments) {
-      if (s.kind === 'mmap') {
-        try {
-          h.sys.munmap(s.addr, s.length);
-        } catch {
-          // Already failing: the first error is the one to report.
-        }
-      }
-    }
-    throw err;
-  }
+  });
   return Region[CREATE](h, info, lo, size, segments, onClose);
 }

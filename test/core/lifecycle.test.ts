@@ -38,6 +38,18 @@ t.test('resources a device owns are closed before its fd, newest first', async (
   dev.release();
   t.same(order, [`irq:fd ${fd} open`, `bar0:fd ${fd} open`]);
   order.length = 0;
+  // An owned resource closes before the device I/O: it may still use a BAR then.
+  const third = vfio.openDevice(EDU);
+  third.own({
+    close() {
+      order.push(`id ${third.mapBar(0).read32(0).toString(16)}`);
+    },
+  });
+  using bar = third.mapBar(0);
+  third.release();
+  t.same(order, ['id 10000ed'], 'the owned resource read the BAR while closing');
+  t.ok(bar.closed, 'then the device I/O was closed');
+  order.length = 0;
   const again = vfio.openDevice(EDU);
   again.own({
     close() {

@@ -5,7 +5,7 @@
 // these tests exercise exactly the device I/O layer.
 import { FakeKernel, type FakeKernelOptions } from '../../lib/testing/index.js';
 import { VfioError } from '../../lib/base/errors.js';
-import { O_CLOEXEC, O_RDWR, type Fd } from '../../lib/libc/sys.js';
+import { O_CLOEXEC, O_RDWR, type Fd, type Sys } from '../../lib/libc/sys.js';
 import { alloc, read } from '../../lib/uapi/codec.js';
 import {
   VFIO_DEVICE_BIND_IOMMUFD,
@@ -17,13 +17,50 @@ import {
   vfio_device_bind_iommufd,
   vfio_device_info,
 } from '../../lib/uapi/vfio.js';
-import type { DeviceBasics, DeviceHandle } from '../../lib/device/handle.js';
+import type { DeviceBasics, DeviceHandle, DeviceMode } from '../../lib/device/handle.js';
 import { DeviceIo } from '../../lib/device/index.js';
 import { EventfdPoller } from '../../lib/libc/eventfd-poller.js';
 
+/** Device I/O over the rig's bare handle, as lib/core's Device is over its container's fd. */
+export class BareDeviceIo extends DeviceIo {
+  readonly #h: DeviceHandle;
+  constructor(h: DeviceHandle) {
+    super();
+    this.#h = h;
+  }
+  get sys(): Sys {
+    return this.#h.sys;
+  }
+  get fd(): Fd {
+    return this.#h.fd;
+  }
+  get address(): string {
+    return this.#h.address;
+  }
+  get mode(): DeviceMode {
+    return this.#h.mode;
+  }
+  get closed(): boolean {
+    return this.#h.closed;
+  }
+  assertOpen(): void {
+    this.#h.assertOpen();
+  }
+  info(): DeviceBasics {
+    return this.#h.info();
+  }
+  groupFd(groupId: number): Fd | null {
+    return this.#h.groupFd(groupId);
+  }
+  /** Closes the device I/O (not the fd). */
+  close(): void {
+    this.closeIo();
+  }
+}
+
 export interface Opened {
   readonly handle: DeviceHandle & { close(): void };
-  readonly io: DeviceIo;
+  readonly io: BareDeviceIo;
   /** Closes device I/O, then the device fd and what opened it. Idempotent. */
   close(): void;
 }
@@ -107,7 +144,7 @@ export function rig(opts: FakeKernelOptions & { mode?: 'cdev' | 'group' } = {}):
         sys.close(fd);
       },
     };
-    const io = new DeviceIo(handle);
+    const io = new BareDeviceIo(handle);
     const o: Opened = {
       handle,
       io,
